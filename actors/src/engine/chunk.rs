@@ -1,0 +1,111 @@
+//! Cutting long audio into windows at quiet points, so windows can be decoded side by side
+//! (batched) instead of one after another.
+
+use super::mel::SAMPLE_RATE;
+
+/// Energy is measured over frames of this many samples (20 ms).
+const FRAME: usize = SAMPLE_RATE / 50;
+/// The cut is placed at the centre of the quietest stretch this long (200 ms).
+const QUIET_SPAN_FRAMES: usize = 10;
+
+/// Where to end a chunk that starts at `samples[0]`: the quietest point between `min_len`
+/// and `max_len` samples in (or `samples.len()` if that is shorter than `max_len`).
+pub fn find_cut(samples: &[f32], min_len: usize, max_len: usize) -> usize {
+    if samples.len() <= max_len {
+        return samples.len();
+    }
+    let energy: Vec<f32> = samples[..max_len]
+        .chunks(FRAME)
+        .map(|frame| frame.iter().map(|x| x * x).sum::<f32>())
+        .collect();
+    let first = min_len / FRAME;
+    let last = (max_len / FRAME).saturating_sub(QUIET_SPAN_FRAMES);
+    if first >= last {
+        return max_len;
+    }
+    // Sliding sum over QUIET_SPAN_FRAMES frames; ties go to the later cut (longer chunks).
+    let mut window: f32 = energy[first..first + QUIET_SPAN_FRAMES].iter().sum();
+    let (mut best, mut best_energy) = (first, window);
+    for start in first + 1..=last {
+        window += energy[start + QUIET_SPAN_FRAMES - 1] - energy[start - 1];
+        if window <= best_energy {
+            best = start;
+            best_energy = window;
+        }
+    }
+    ((best + QUIET_SPAN_FRAMES / 2) * FRAME).min(max_len)
+}
+
+/// Frames quieter than this fraction of the chunk's loud frames (90th percentile) count
+/// as silence.
+const SPEECH_LEVEL: f32 = 0.1;
+
+/// Below this RMS (-60 dBFS) in every 20 ms frame, a window is silent: it is not decoded at
+/// all (Whisper hallucinates on digital silence).
+const SILENCE_RMS: f32 = 1e-3;
+
+/// Whether no 20 ms frame of `samples` rises above -60 dBFS.
+pub fn is_silent(samples: &[f32]) -> bool {
+    samples.chunks(FRAME).all(|frame| {
+        (frame.iter().map(|x| x * x).sum::<f32>() / frame.len() as f32).sqrt() < SILENCE_RMS
+    })
+}
+
+/// The sample index at which the last audible stretch of `samples` ends, if any.
+pub fn speech_end(samples: &[f32]) -> Option<usize> {
+    let rms: Vec<f32> = samples
+        .chunks(FRAME)
+        .map(|frame| (frame.iter().map(|x| x * x).sum::<f32>() / frame.len() as f32).sqrt())
+        .collect();
+    let mut sorted = rms.clone();
+    sorted.sort_by(f32::total_cmp);
+    let loud = *sorted.get(sorted.len() * 9 / 10)?;
+    if loud <= 1e-4 {
+        return None;
+    }
+    rms.iter()
+        .rposition(|level| *level > loud * SPEECH_LEVEL)
+        .map(|frame| ((frame + 1) * FRAME).min(samples.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuts_in_the_pause_between_two_loud_stretches() {
+        let second = SAMPLE_RATE;
+        let mut samples: Vec<f32> = (0..40 * second).map(|n| (n as f32 * 0.3).sin()).collect();
+        // Silence from 24.0 to 24.6 s.
+        for x in &mut samples[24 * second..24 * second + 6 * second / 10] {
+            *x = 0.0;
+        }
+        let cut = find_cut(&samples, 20 * second, 30 * second);
+        assert!((24 * second..24 * second + 6 * second / 10).contains(&cut), "cut at {cut}");
+    }
+
+    #[test]
+    fn speech_end_is_the_end_of_the_last_loud_stretch() {
+        let second = SAMPLE_RATE;
+        let mut samples: Vec<f32> = (0..10 * second).map(|n| 0.3 * (n as f32 * 0.3).sin()).collect();
+        for x in &mut samples[7 * second..] {
+            *x *= 0.001;
+        }
+        let end = speech_end(&samples).unwrap();
+        assert!((7 * second..7 * second + FRAME + 1).contains(&end), "{end}");
+        assert_eq!(speech_end(&vec![0.0; second]), None);
+        assert!(is_silent(&vec![1e-4; second]));
+        let mut blip = vec![0.0; second];
+        blip[second / 2] = 0.5;
+        assert!(!is_silent(&blip), "one loud frame is enough to decode");
+    }
+
+    #[test]
+    fn short_audio_is_one_chunk_and_uniform_audio_cuts_late() {
+        let samples = vec![0.5f32; 10 * SAMPLE_RATE];
+        assert_eq!(find_cut(&samples, 20 * SAMPLE_RATE, 30 * SAMPLE_RATE), samples.len());
+        let samples = vec![0.5f32; 40 * SAMPLE_RATE];
+        let cut = find_cut(&samples, 20 * SAMPLE_RATE, 30 * SAMPLE_RATE);
+        assert!(cut > 29 * SAMPLE_RATE && cut <= 30 * SAMPLE_RATE, "{cut}");
+    }
+}
