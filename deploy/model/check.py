@@ -61,12 +61,24 @@ class Model:
                                               providers=["CPUExecutionProvider"])
         self.encoder, self.decoder = load("encoder.onnx"), load("decoder.onnx")
         m = self.m
-        self.empty = np.zeros((m["n_text_layer"], 1, 0, m["n_text_state"]), np.float32)
+        self.layers = m["n_text_layer"]
+        heads = m["n_text_head"]
+        hd = m["n_text_state"] // heads
+        zero = np.zeros((1, heads, 0, hd), np.float32)
+        self.empty = {f"self_{kv}_{i}": zero for i in range(self.layers) for kv in "kv"}
 
-    def decode_step(self, tokens, self_k, self_v, cross):
-        out = self.decoder.run(None, {"tokens": np.array([tokens], np.int64), "self_k": self_k,
-                                      "self_v": self_v, "cross_k": cross[0], "cross_v": cross[1]})
-        return dict(zip(("logits", "new_k", "new_v", "cross_qk"), out))
+    def encode(self, mel):
+        names = [o.name for o in self.encoder.get_outputs()]
+        return dict(zip(names, self.encoder.run(None, {"mel": mel})))
+
+    def decode_step(self, tokens, cache, cross):
+        """One decoder call; returns its outputs by name plus "cache", the next step's cache."""
+        names = [o.name for o in self.decoder.get_outputs()]
+        out = dict(zip(names, self.decoder.run(
+            None, {"tokens": np.array([tokens], np.int64), **cache, **cross})))
+        out["cache"] = {f"self_{kv}_{i}": out[f"new_{kv}_{i}"]
+                        for i in range(self.layers) for kv in "kv"}
+        return out
 
     def text(self, ids):
         eot = self.m["tokens"]["eot"]
@@ -76,20 +88,20 @@ class Model:
 
 def check_contract(model, prompt, cross):
     m = model.m
-    whole = model.decode_step(prompt, model.empty, model.empty, cross)
+    whole = model.decode_step(prompt, model.empty, cross)
     want = (1, len(m["alignment_heads"]), len(prompt), m["n_audio_ctx"])
     if whole["cross_qk"].shape != want:
         die(f"cross_qk shape {whole['cross_qk'].shape}, expected {want}")
     if whole["logits"].shape != (1, m["n_vocab"]):
         die(f"logits shape {whole['logits'].shape}, expected (1, {m['n_vocab']})")
-    k, v = model.empty, model.empty
+    cache = model.empty
     for t in prompt:
-        step = model.decode_step([t], k, v, cross)
-        k, v = step["new_k"], step["new_v"]
+        step = model.decode_step([t], cache, cross)
+        cache = step["cache"]
         if step["cross_qk"].shape != want[:2] + (1, want[3]):
             die(f"single-token cross_qk shape {step['cross_qk'].shape}")
     d_logits = np.abs(step["logits"] - whole["logits"]).max()
-    d_cache = max(np.abs(k - whole["new_k"]).max(), np.abs(v - whole["new_v"]).max())
+    d_cache = max(np.abs(cache[name] - whole["cache"][name]).max() for name in cache)
     # The last row of cross_qk must agree too: it is what word timestamps are built from.
     d_qk = np.abs(step["cross_qk"][:, :, 0] - whole["cross_qk"][:, :, -1]).max()
     print(f"check: cross_qk {whole['cross_qk'].shape}; prompt at once vs cached: "
@@ -116,11 +128,14 @@ def main():
     m, tok = model.m, model.m["tokens"]
     mel = mel_ref.log_mel(mel_ref.read_wav(args.wav), m["n_mels"])[None]
     t0 = time.perf_counter()
-    cross = model.encoder.run(None, {"mel": mel})
+    cross = model.encode(mel)
     t_enc = time.perf_counter() - t0
-    want = (m["n_text_layer"], 1, m["n_audio_ctx"], m["n_text_state"])
-    if cross[0].shape != want or cross[1].shape != want:
-        die(f"encoder outputs {cross[0].shape}/{cross[1].shape}, expected {want}")
+    heads, T = m["n_text_head"], m["n_audio_ctx"]
+    hd = m["n_text_state"] // heads
+    for i in range(m["n_text_layer"]):
+        for name, want in ((f"cross_k_{i}", (1, heads, hd, T)), (f"cross_v_{i}", (1, heads, T, hd))):
+            if cross.get(name) is None or cross[name].shape != want:
+                die(f"encoder output {name} is missing or not {want}")
 
     prompt = [tok["sot"]]
     if m["multilingual"]:
@@ -130,7 +145,7 @@ def main():
                 die(f"unknown language {args.language!r}; see 'languages' in manifest.json")
             lang = args.language
         else:
-            logits = model.decode_step(prompt, model.empty, model.empty, cross)["logits"][0]
+            logits = model.decode_step(prompt, model.empty, cross)["logits"][0]
             lang = max(langs, key=lambda c: logits[langs[c]])
         print(f"check: language {lang}", file=sys.stderr)
         prompt += [langs[lang], tok["transcribe"]]
@@ -150,7 +165,7 @@ def main():
         if nxt == tok["eot"]:
             break
         ids.append(nxt)
-        out = model.decode_step([nxt], out["new_k"], out["new_v"], cross)
+        out = model.decode_step([nxt], out["cache"], cross)
     t_dec = time.perf_counter() - t0
     print(f"check: encoder {t_enc * 1000:.0f} ms, decoder {t_dec * 1000 / max(len(ids), 1):.1f} ms/token, "
           f"{len(ids)} tokens", file=sys.stderr)

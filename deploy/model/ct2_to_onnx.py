@@ -10,10 +10,13 @@ Only numpy and onnx are needed (plus onnxruntime for --int8): no torch, no ctran
 OUT_DIR receives encoder.onnx, decoder.onnx, tokenizer.json, config.json and
 manifest.json. The I/O contract the Rust engine relies on:
 
-  encoder  mel f32 [B, n_mels, 3000] -> cross_k, cross_v f32 [L, B, 1500, D]
-           (cross-attention K/V of every decoder layer, computed once per window)
-  decoder  tokens i64 [B, n], self_k/self_v f32 [L, B, past, D], cross_k/cross_v
-           -> logits f32 [B, V] (last position only), new_k/new_v [L, B, past+n, D],
+  (manifest "format": 2; l = 0 .. L-1 over decoder layers, H heads of hd = D/H)
+  encoder  mel f32 [B, n_mels, 3000] -> cross_k_l f32 [B, H, hd, 1500] (keys, transposed)
+                                        cross_v_l f32 [B, H, 1500, hd]
+           (cross-attention K/V of every decoder layer, computed once per window, in
+           the layout the decoder multiplies with: no per-token slicing or transposing)
+  decoder  tokens i64 [B, n], self_k_l/self_v_l f32 [B, H, past, hd], cross_k_l, cross_v_l
+           -> logits f32 [B, V] (last position only), new_k_l/new_v_l [B, H, past+n, hd],
               cross_qk f32 [B, H_align, n, 1500] (pre-softmax q.k/sqrt(hd) of the
               alignment heads, in manifest order)
   A zero-length cache (past = 0) is valid, so the prompt uses the same graph.
@@ -325,18 +328,22 @@ def build_encoder(w, dims, alignment, int8, store_fp32):
         f = g.linear(g.gelu(g.linear(hn, w, p + "/ffn/linear_0")), w, p + "/ffn/linear_1")
         x = g.op("Add", [x, f])
     xa = g.layer_norm(x, w, "encoder/layer_norm")
-    ks, vs = [], []
-    for i in range(dims["n_text_layer"]):
+    # Cross-attention keys and values of every decoder layer, split into heads once here in
+    # the layout the decoder multiplies with directly (K already transposed), one output per
+    # layer: the decoder then never slices or transposes them on its per-token steps.
+    L, T, hd = dims["n_text_layer"], dims["n_audio_ctx"], d // dims["n_text_head"]
+    ht = dims["n_text_head"]
+    for i in range(L):
         k, v = g.split_last(g.linear(xa, w, f"decoder/layer_{i}/attention/linear_1"), d, 2)
-        ks.append(g.op("Unsqueeze", [k, g.i64([0])]))
-        vs.append(g.op("Unsqueeze", [v, g.i64([0])]))
-    g.op("Concat", ks, outputs=["cross_k"], axis=0)
-    g.op("Concat", vs, outputs=["cross_v"], axis=0)
+        shape = g.i64([0, 0, ht, hd])
+        g.op("Transpose", [g.op("Reshape", [k, shape])], outputs=[f"cross_k_{i}"], perm=[0, 2, 3, 1])
+        g.op("Transpose", [g.op("Reshape", [v, shape])], outputs=[f"cross_v_{i}"], perm=[0, 2, 1, 3])
 
-    L, T = dims["n_text_layer"], dims["n_audio_ctx"]
     inputs = [helper.make_tensor_value_info("mel", TensorProto.FLOAT, ["batch", dims["n_mels"], 2 * T])]
-    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [L, "batch", T, d])
-               for n in ("cross_k", "cross_v")]
+    outputs = []
+    for i in range(L):
+        outputs.append(helper.make_tensor_value_info(f"cross_k_{i}", TensorProto.FLOAT, ["batch", ht, hd, T]))
+        outputs.append(helper.make_tensor_value_info(f"cross_v_{i}", TensorProto.FLOAT, ["batch", ht, T, hd]))
     return g.model(inputs, outputs, "whisper_encoder")
 
 
@@ -346,7 +353,8 @@ def build_decoder(w, dims, alignment, int8, store_fp32):
     T, V = dims["n_audio_ctx"], dims["n_vocab"]
 
     # Scalar indices everywhere: Gather with a 1-element vector index would keep an axis.
-    past = g.op("Gather", [g.op("Shape", ["self_k"]), g.i64(2)], axis=0, name_hint="past")
+    hd = d // h
+    past = g.op("Gather", [g.op("Shape", ["self_k_0"]), g.i64(2)], axis=0, name_hint="past")
     n = g.op("Gather", [g.op("Shape", ["tokens"]), g.i64(1)], axis=0, name_hint="n")
     end = g.op("Add", [past, n], name_hint="end")
 
@@ -389,33 +397,42 @@ def build_decoder(w, dims, alignment, int8, store_fp32):
     cols = g.op("Unsqueeze", [g.op("Range", [g.i64(0), end, g.i64(1)]), g.i64([0])])
     mask = g.op("Where", [g.op("Greater", [cols, rows]), g.f32(-np.inf), g.f32(0.0)], name_hint="mask")
 
-    new_k, new_v, scores = [], [], []
+    scores = []
+    split = g.i64([0, 0, h, hd])
     for i in range(L):
         p = f"decoder/layer_{i}"
-        li = g.i64(i)
         hn = g.layer_norm(x, w, p + "/self_attention/layer_norm")
         q, k, v = g.split_last(g.linear(hn, w, p + "/self_attention/linear_0"), d, 3)
-        k = g.op("Concat", [g.op("Gather", ["self_k", li], axis=0), k], axis=1)
-        v = g.op("Concat", [g.op("Gather", ["self_v", li], axis=0), v], axis=1)
-        new_k.append(g.op("Unsqueeze", [k, g.i64([0])]))
-        new_v.append(g.op("Unsqueeze", [v, g.i64([0])]))
-        a, _ = g.attention(q, k, v, h, d, mask)
+        # Per-layer caches in head layout [B, H, past, hd]: appending is one small concat.
+        qh = g.op("Transpose", [g.op("Reshape", [q, split])], perm=[0, 2, 1, 3])
+        kh = g.op("Transpose", [g.op("Reshape", [k, split])], perm=[0, 2, 1, 3])
+        vh = g.op("Transpose", [g.op("Reshape", [v, split])], perm=[0, 2, 1, 3])
+        kh = g.op("Concat", [f"self_k_{i}", kh], outputs=[f"new_k_{i}"], axis=2)
+        vh = g.op("Concat", [f"self_v_{i}", vh], outputs=[f"new_v_{i}"], axis=2)
+        # openai-whisper scales q and k by hd^-0.25 each; one 1/sqrt(hd) on q is the same.
+        qh = g.op("Mul", [qh, g.f32(1.0 / np.sqrt(hd))])
+        g.ms_domain = True
+        sc = g.fresh("self_qk")
+        g.nodes.append(helper.make_node("FusedMatMul", [qh, kh], [sc], name=g.fresh("FusedMatMul"),
+                                        domain="com.microsoft", transB=1, alpha=1.0))
+        a = g.op("MatMul", [g.op("Softmax", [g.op("Add", [sc, mask])], axis=-1), vh])
+        a = g.op("Reshape", [g.op("Transpose", [a], perm=[0, 2, 1, 3]), g.i64([0, 0, d])])
         x = g.op("Add", [x, g.linear(a, w, p + "/self_attention/linear_1")])
 
         hn = g.layer_norm(x, w, p + "/attention/layer_norm")
         q = g.linear(hn, w, p + "/attention/linear_0")
-        ck = g.op("Gather", ["cross_k", li], axis=0)
-        cv = g.op("Gather", ["cross_v", li], axis=0)
-        a, s = g.cross_attention(q, ck, cv, h, d, T)
-        scores.append(s)
+        qh = g.op("Transpose", [g.op("Reshape", [q, split])], perm=[0, 2, 1, 3])
+        qh = g.op("Mul", [qh, g.f32(1.0 / np.sqrt(hd))])
+        s_ = g.op("MatMul", [qh, f"cross_k_{i}"], name_hint="qk")  # [B, H, n, T]
+        scores.append(s_)
+        a = g.op("MatMul", [g.op("Softmax", [s_], axis=-1), f"cross_v_{i}"])  # [B, H, n, hd]
+        a = g.op("Reshape", [g.op("Transpose", [a], perm=[0, 2, 1, 3]), g.i64([0, 0, d])])
         x = g.op("Add", [x, g.linear(a, w, p + "/attention/linear_2")])
 
         hn = g.layer_norm(x, w, p + "/ffn/layer_norm")
         f = g.linear(g.gelu(g.linear(hn, w, p + "/ffn/linear_0")), w, p + "/ffn/linear_1")
         x = g.op("Add", [x, f])
 
-    g.op("Concat", new_k, outputs=["new_k"], axis=0)
-    g.op("Concat", new_v, outputs=["new_v"], axis=0)
     heads = [g.op("Unsqueeze", [g.op("Gather", [scores[l], g.i64(hh)], axis=1), g.i64([1])])
              for l, hh in alignment]
     g.op("Concat", heads, outputs=["cross_qk"], axis=1)
@@ -432,14 +449,16 @@ def build_decoder(w, dims, alignment, int8, store_fp32):
     else:
         g.op("Gemm", [last, emb], outputs=["logits"], transB=1)
 
-    cache = lambda name, t: helper.make_tensor_value_info(name, TensorProto.FLOAT, [L, "batch", t, d])
-    inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "n"]),
-              cache("self_k", "past"), cache("self_v", "past"),
-              cache("cross_k", T), cache("cross_v", T)]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", V]),
-               cache("new_k", "past_plus_n"), cache("new_v", "past_plus_n"),
-               helper.make_tensor_value_info("cross_qk", TensorProto.FLOAT,
-                                             ["batch", len(alignment), "n", T])]
+    f32 = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+    inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "n"])]
+    outputs = [f32("logits", ["batch", V])]
+    for i in range(L):
+        inputs += [f32(f"self_k_{i}", ["batch", h, "past", hd]), f32(f"self_v_{i}", ["batch", h, "past", hd])]
+        outputs += [f32(f"new_k_{i}", ["batch", h, "past_plus_n", hd]),
+                    f32(f"new_v_{i}", ["batch", h, "past_plus_n", hd])]
+    for i in range(L):
+        inputs += [f32(f"cross_k_{i}", ["batch", h, hd, T]), f32(f"cross_v_{i}", ["batch", h, T, hd])]
+    outputs.append(f32("cross_qk", ["batch", len(alignment), "n", T]))
     return g.model(inputs, outputs, "whisper_decoder")
 
 
@@ -564,7 +583,7 @@ def main():
     eot = tokens["eot"]
     space = tokenizer["model"]["vocab"].get("\u0120")  # byte-level BPE spelling of " "
     manifest = {
-        "format": 1,
+        "format": 2,
         "name": args.name,
         "source": "ct2",
         "precision": "int8" if args.int8 else "fp16",

@@ -140,7 +140,9 @@ impl MelFrontEnd {
                     .zip(&power[filter.first_bin..])
                     .map(|(w, p)| w * p)
                     .sum();
-                let log = energy.max(1e-10).log10();
+                // Out-of-range input (a damaged float WAV decodes to samples near f32::MAX) makes
+                // the power overflow to inf, or NaN via inf - inf in the FFT: keep it finite.
+                let log = energy.max(1e-10).min(f32::MAX).log10();
                 max_log = max_log.max(log);
                 out[m * N_FRAMES + t] = log;
             }
@@ -227,6 +229,33 @@ mod tests {
         let peak = bank[0].iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
         assert_eq!(peak, 1);
         assert_eq!(bank[0][0], 0.0);
+    }
+
+    /// Found by fuzz/fuzz_targets/decode_mel.rs: a 16 kHz IEEE-float WAV whose data chunk was
+    /// shifted by one byte decodes to samples up to ~3.3e38; the power spectrum overflowed to inf
+    /// (or NaN) and every output value became inf. These are that file's largest samples.
+    #[test]
+    fn huge_finite_samples_give_finite_output() {
+        let front = MelFrontEnd::new(80);
+        let mut out = vec![0f32; 80 * N_FRAMES];
+        let mut samples: Vec<f32> = (0..3200)
+            .map(|n| 0.05 * (2.0 * std::f32::consts::PI * 440.0 * n as f32 / 16_000.0).sin())
+            .collect();
+        for (i, v) in [
+            (292, 2.963_472_4e26),
+            (355, 1.728_502e38),
+            (427, 1.635_333e38),
+            (444, 9.982_772e37),
+            (450, 3.316_254_5e38),
+            (451, -f32::MAX),
+            (452, f32::MAX),
+        ] {
+            samples[i] = v;
+        }
+        front.window(&[], &samples, true, samples.len() / HOP_LENGTH, &mut out);
+        assert!(out.iter().all(|v| v.is_finite()));
+        front.window(&samples[..N_FFT / 2], &samples, false, N_FRAMES, &mut out);
+        assert!(out.iter().all(|v| v.is_finite()));
     }
 
     #[test]

@@ -1,19 +1,25 @@
 //! A converted Whisper model on disk (`manifest.json`, `encoder.onnx`, `decoder.onnx`,
 //! `tokenizer.json`, `config.json`) and the ONNX Runtime sessions that run it.
 //!
-//! The graphs follow the contract written by `deploy/model/ct2_to_onnx.py`:
-//! - encoder: `mel [B, n_mels, 3000]` -> `cross_k`, `cross_v [L, B, 1500, D]` (every decoder
-//!   layer's cross-attention keys and values, computed once per window);
-//! - decoder: `tokens i64 [B, n]`, `self_k`, `self_v [L, B, past, D]`, `cross_k`, `cross_v` ->
-//!   `logits [B, V]` (last position), `new_k`, `new_v [L, B, past + n, D]` and `cross_qk
-//!   [B, H_align, n, 1500]` (raw attention scores of the alignment heads, for word timings).
+//! The graphs follow the contract written by `deploy/model/ct2_to_onnx.py` (manifest format
+//! 2; `l` runs over the decoder layers, `H` heads of `hd` dimensions):
+//! - encoder: `mel [B, n_mels, 3000]` -> `cross_k_l [B, H, hd, 1500]`, `cross_v_l [B, H,
+//!   1500, hd]` (every decoder layer's cross-attention keys, transposed, and values, computed
+//!   once per window in the layout the decoder multiplies with);
+//! - decoder: `tokens i64 [B, n]`, `self_k_l`, `self_v_l [B, H, past, hd]`, `cross_k_l`,
+//!   `cross_v_l` -> `logits [B, V]` (last position), `new_k_l`, `new_v_l [B, H, past + n, hd]`
+//!   and `cross_qk [B, H_align, n, 1500]` (raw attention scores of the alignment heads, for
+//!   word timings).
+//!
+//! Per-layer tensors are separate inputs so that a decoder step never copies the audio
+//! context: each step reads it in place.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
+use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 use serde::Deserialize;
 
@@ -21,6 +27,8 @@ use super::EngineError;
 
 /// Where `make model` puts the ONNX Runtime library, relative to the models directory.
 pub const ORT_LIB_SUBDIR: &str = "onnxruntime";
+/// The graph contract this engine runs (manifest `format`).
+pub const GRAPH_FORMAT: u32 = 2;
 /// The command that installs the default models and the runtime.
 pub const INSTALL_HINT: &str = "run `make model` in the ytcaption checkout";
 
@@ -79,10 +87,13 @@ impl Manifest {
                 path: path.clone(),
                 reason: format!("not a ytcaption model manifest: {e}"),
             })?;
-        if manifest.format != 1 {
+        if manifest.format != GRAPH_FORMAT {
             return Err(EngineError::ModelFile {
                 path,
-                reason: format!("manifest format {} is not supported", manifest.format),
+                reason: format!(
+                    "the model was converted for graph format {} but this ytcaption needs {GRAPH_FORMAT}: {INSTALL_HINT} again (or re-import it)",
+                    manifest.format
+                ),
             });
         }
         Ok(manifest)
@@ -166,6 +177,12 @@ fn environment(library: &Path) -> Result<Environment, EngineError> {
 pub struct WhisperModel {
     encoder: Mutex<Session>,
     decoder: Mutex<Session>,
+    /// `self_k_0, self_v_0, self_k_1, ...`: decoder cache inputs, in [`KvCache`] order.
+    cache_inputs: Vec<String>,
+    /// `new_k_0, new_v_0, ...`: the matching decoder outputs.
+    cache_outputs: Vec<String>,
+    /// `cross_k_0, cross_v_0, ...`: encoder outputs and decoder inputs, in [`AudioContext`] order.
+    cross_names: Vec<String>,
     pub manifest: Manifest,
 }
 
@@ -177,19 +194,18 @@ impl std::fmt::Debug for WhisperModel {
     }
 }
 
-/// Per-window audio context: the decoder's cross-attention keys and values.
+/// Per-window audio context: every decoder layer's cross-attention keys and values
+/// (`cross_k_0, cross_v_0, cross_k_1, ...`), batch axis first.
 #[derive(Debug)]
 pub struct AudioContext {
-    cross_k: DynValue,
-    cross_v: DynValue,
+    cross: Vec<DynValue>,
     pub batch: usize,
 }
 
-/// The decoder's self-attention cache for a batch of sequences.
+/// The decoder's self-attention cache for a batch of sequences (`k_0, v_0, k_1, ...`).
 #[derive(Debug)]
 pub struct KvCache {
-    k: DynValue,
-    v: DynValue,
+    layers: Vec<DynValue>,
     pub len: usize,
 }
 
@@ -200,6 +216,13 @@ pub struct DecoderOutput {
     pub logits: Vec<f32>,
     /// `[B, H_align, n, 1500]` raw cross-attention scores, when asked for.
     pub cross_qk: Option<Vec<f32>>,
+}
+
+/// `prefix_k_0, prefix_v_0, prefix_k_1, ...` for `layers` layers.
+fn per_layer_names(prefix: &str, layers: usize) -> Vec<String> {
+    (0..layers)
+        .flat_map(|l| [format!("{prefix}_k_{l}"), format!("{prefix}_v_{l}")])
+        .collect()
 }
 
 impl WhisperModel {
@@ -229,9 +252,13 @@ impl WhisperModel {
                 .map_err(|e| EngineError::Runtime(format!("session options: {e}")))?;
             builder.commit_from_file(&path).map_err(corrupt)
         };
+        let layers = manifest.n_text_layer;
         Ok(WhisperModel {
             encoder: Mutex::new(open("encoder.onnx")?),
             decoder: Mutex::new(open("decoder.onnx")?),
+            cache_inputs: per_layer_names("self", layers),
+            cache_outputs: per_layer_names("new", layers),
+            cross_names: per_layer_names("cross", layers),
             manifest,
         })
     }
@@ -249,18 +276,16 @@ impl WhisperModel {
         let mut outputs = session
             .run(ort::inputs!["mel" => input])
             .map_err(ort_error("encoder"))?;
-        let take = |outputs: &mut ort::session::SessionOutputs<'_>, name: &str| {
-            outputs
-                .remove(name)
-                .ok_or_else(|| EngineError::Runtime(format!("encoder has no output {name}")))
-        };
-        let cross_k = take(&mut outputs, "cross_k")?;
-        let cross_v = take(&mut outputs, "cross_v")?;
-        Ok(AudioContext {
-            cross_k,
-            cross_v,
-            batch,
-        })
+        let cross = self
+            .cross_names
+            .iter()
+            .map(|name| {
+                outputs
+                    .remove(name)
+                    .ok_or_else(|| EngineError::Runtime(format!("encoder has no output {name}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AudioContext { cross, batch })
     }
 
     /// Encodes windows one at a time (the encoder's attention activations grow with the
@@ -273,60 +298,48 @@ impl WhisperModel {
                 return self.encode(mel, 1);
             }
         }
-        let (layers, ctx, state) = (
-            self.manifest.n_text_layer,
-            self.manifest.n_audio_ctx,
-            self.manifest.n_text_state,
-        );
-        let per_layer = ctx * state;
-        let mut keys = vec![0f32; layers * batch * per_layer];
-        let mut values = vec![0f32; layers * batch * per_layer];
-        for (b, mel) in mels.into_iter().enumerate() {
+        let mut stacked: Vec<(Vec<i64>, Vec<f32>)> = Vec::new();
+        for mel in mels {
             let one = self.encode(mel, 1)?;
-            for (source, target) in [(&one.cross_k, &mut keys), (&one.cross_v, &mut values)] {
-                let (_, data) = source
+            for (i, value) in one.cross.iter().enumerate() {
+                let (shape, data) = value
                     .try_extract_tensor::<f32>()
                     .map_err(ort_error("encoder output"))?;
-                if data.len() != layers * per_layer {
-                    return Err(EngineError::Runtime(format!(
-                        "encoder output has {} values, expected {}",
-                        data.len(),
-                        layers * per_layer
-                    )));
+                if stacked.len() <= i {
+                    let mut dims: Vec<i64> = shape.iter().copied().collect();
+                    if let Some(first) = dims.first_mut() {
+                        *first = batch as i64;
+                    }
+                    stacked.push((dims, Vec::with_capacity(data.len() * batch)));
                 }
-                for l in 0..layers {
-                    let to = (l * batch + b) * per_layer;
-                    target[to..to + per_layer]
-                        .copy_from_slice(&data[l * per_layer..(l + 1) * per_layer]);
-                }
+                stacked[i].1.extend_from_slice(data);
             }
         }
-        let shape = [layers, batch, ctx, state];
-        let stack = |data: Vec<f32>| -> Result<DynValue, EngineError> {
-            Ok(Tensor::from_array((shape, data))
-                .map_err(ort_error("stacked encoder output"))?
-                .into_dyn())
-        };
-        Ok(AudioContext {
-            cross_k: stack(keys)?,
-            cross_v: stack(values)?,
-            batch,
-        })
+        let cross = stacked
+            .into_iter()
+            .map(|(dims, data)| -> Result<DynValue, EngineError> {
+                Ok(Tensor::from_array((dims, data))
+                    .map_err(ort_error("stacked encoder output"))?
+                    .into_dyn())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AudioContext { cross, batch })
     }
 
     /// An empty self-attention cache for `batch` sequences.
     pub fn empty_cache(&self, batch: usize) -> Result<KvCache, EngineError> {
-        let shape = [self.manifest.n_text_layer, batch, 0, self.manifest.n_text_state];
-        let empty = || -> Result<DynValue, EngineError> {
-            Ok(Tensor::from_array((shape, Vec::<f32>::new()))
-                .map_err(ort_error("empty cache"))?
-                .into_dyn())
-        };
-        Ok(KvCache {
-            k: empty()?,
-            v: empty()?,
-            len: 0,
-        })
+        let heads = self.manifest.n_text_head;
+        let shape = [batch, heads, 0, self.manifest.n_text_state / heads.max(1)];
+        let layers = self
+            .cache_inputs
+            .iter()
+            .map(|_| -> Result<DynValue, EngineError> {
+                Ok(Tensor::from_array((shape, Vec::<f32>::new()))
+                    .map_err(ort_error("empty cache"))?
+                    .into_dyn())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(KvCache { layers, len: 0 })
     }
 
     /// Feeds `tokens` (`[batch, n]` row-major) after `cache`, which it extends in place.
@@ -341,19 +354,20 @@ impl WhisperModel {
         let n = tokens.len() / batch.max(1);
         let tokens = Tensor::from_array(([batch, n], tokens.to_vec()))
             .map_err(ort_error("decoder tokens"))?;
+        let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(1 + self.cache_inputs.len() + self.cross_names.len());
+        inputs.push(("tokens".into(), tokens.into()));
+        for (name, value) in self.cache_inputs.iter().zip(&cache.layers) {
+            inputs.push((name.as_str().into(), value.into()));
+        }
+        for (name, value) in self.cross_names.iter().zip(&audio.cross) {
+            inputs.push((name.as_str().into(), value.into()));
+        }
         let mut session = self
             .decoder
             .lock()
             .map_err(|_| EngineError::Runtime("decoder session poisoned".into()))?;
-        let mut outputs = session
-            .run(ort::inputs![
-                "tokens" => tokens,
-                "self_k" => &cache.k,
-                "self_v" => &cache.v,
-                "cross_k" => &audio.cross_k,
-                "cross_v" => &audio.cross_v,
-            ])
-            .map_err(ort_error("decoder"))?;
+        let mut outputs = session.run(inputs).map_err(ort_error("decoder"))?;
         let missing = |name: &str| EngineError::Runtime(format!("decoder has no output {name}"));
         let logits = outputs
             .get("logits")
@@ -375,8 +389,9 @@ impl WhisperModel {
         } else {
             None
         };
-        cache.k = outputs.remove("new_k").ok_or_else(|| missing("new_k"))?;
-        cache.v = outputs.remove("new_v").ok_or_else(|| missing("new_v"))?;
+        for (slot, name) in cache.layers.iter_mut().zip(&self.cache_outputs) {
+            *slot = outputs.remove(name).ok_or_else(|| missing(name))?;
+        }
         cache.len += n;
         Ok(DecoderOutput { logits, cross_qk })
     }
