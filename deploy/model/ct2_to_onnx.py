@@ -424,7 +424,12 @@ def build_decoder(w, dims, alignment, int8, store_fp32):
         qh = g.op("Transpose", [g.op("Reshape", [q, split])], perm=[0, 2, 1, 3])
         qh = g.op("Mul", [qh, g.f32(1.0 / np.sqrt(hd))])
         s_ = g.op("MatMul", [qh, f"cross_k_{i}"], name_hint="qk")  # [B, H, n, T]
-        scores.append(s_)
+        # Take this layer's alignment heads right away, so its full score tensor can be
+        # freed before the next layer instead of living until the end of the graph.
+        for order, (layer, head) in enumerate(alignment):
+            if layer == i:
+                picked = g.op("Gather", [s_, g.i64(head)], axis=1)  # [B, n, T]
+                scores.append((order, g.op("Unsqueeze", [picked, g.i64([1])])))
         a = g.op("MatMul", [g.op("Softmax", [s_], axis=-1), f"cross_v_{i}"])  # [B, H, n, hd]
         a = g.op("Reshape", [g.op("Transpose", [a], perm=[0, 2, 1, 3]), g.i64([0, 0, d])])
         x = g.op("Add", [x, g.linear(a, w, p + "/attention/linear_2")])
@@ -433,8 +438,7 @@ def build_decoder(w, dims, alignment, int8, store_fp32):
         f = g.linear(g.gelu(g.linear(hn, w, p + "/ffn/linear_0")), w, p + "/ffn/linear_1")
         x = g.op("Add", [x, f])
 
-    heads = [g.op("Unsqueeze", [g.op("Gather", [scores[l], g.i64(hh)], axis=1), g.i64([1])])
-             for l, hh in alignment]
+    heads = [head for _, head in sorted(scores)]
     g.op("Concat", heads, outputs=["cross_qk"], axis=1)
 
     # Only the last position's logits are ever needed; projecting just it saves n-1 rows

@@ -15,6 +15,10 @@ use super::EngineError;
 /// The first timestamp of a window may be at most this far in (openai-whisper's default).
 const MAX_INITIAL_TIMESTAMP_INDEX: u32 = 50;
 
+/// A window only has to decode up to the end of its audible part when the model itself
+/// thinks it holds speech (no-speech probability below this); noise must be free to end.
+const FORCE_CONTINUE_MAX_NO_SPEECH: f64 = 0.5;
+
 /// Thresholds that decide whether a window is decoded again at a higher temperature.
 #[derive(Debug, Clone)]
 pub struct FallbackPolicy {
@@ -310,7 +314,8 @@ impl WindowDecoder<'_> {
                     continue;
                 }
                 self.rules.apply(row, &sampled[k]);
-                if let Some(until) = speech_until.get(k).copied().flatten() {
+                let speech_likely = no_speech.get(k).is_some_and(|p| *p < FORCE_CONTINUE_MAX_NO_SPEECH);
+                if let Some(until) = speech_until.get(k).copied().flatten().filter(|_| speech_likely) {
                     let has_text = sampled[k].iter().any(|x| *x < t.eot);
                     let last_time = sampled[k]
                         .iter()

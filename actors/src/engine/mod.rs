@@ -39,8 +39,10 @@ const PROMPT_RESET_TEMPERATURE: f64 = 0.5;
 /// A batched window must keep decoding until its timestamps reach this close to the end of
 /// the speech in it.
 const SPEECH_END_SLACK_SECONDS: f64 = 1.5;
+/// Above this no-speech probability a window is skipped whatever its text's probability.
+const NO_SPEECH_CERTAIN: f64 = 0.8;
 /// Windows decoded side by side by default.
-pub const DEFAULT_BATCH_SIZE: usize = 4;
+pub const DEFAULT_BATCH_SIZE: usize = 2;
 /// Batched windows are cut at the quietest point between this and 30 s.
 const MIN_CHUNK_SAMPLES: usize = 20 * SAMPLE_RATE;
 
@@ -417,13 +419,18 @@ impl Engine {
         Ok((sequence, code))
     }
 
+    /// openai-whisper's rule (probably no speech and improbable text), plus: a window the
+    /// model is nearly sure holds no speech is skipped even when its text looks probable,
+    /// because that text is a hallucination on noise (fluent, repetitive, confident).
     fn skip_as_silent(result: &WindowResult, policy: &FallbackPolicy) -> bool {
-        policy
-            .no_speech_threshold
-            .is_some_and(|limit| result.no_speech_prob > limit)
-            && !policy
-                .logprob_threshold
-                .is_some_and(|limit| result.avg_logprob > limit)
+        let Some(threshold) = policy.no_speech_threshold else {
+            return false;
+        };
+        let improbable = !policy
+            .logprob_threshold
+            .is_some_and(|limit| result.avg_logprob > limit);
+        result.no_speech_prob > threshold && improbable
+            || result.no_speech_prob > NO_SPEECH_CERTAIN
     }
 
     /// openai-whisper's seek loop: one window at a time, each starting where the last
@@ -742,8 +749,12 @@ impl Engine {
             for current in slices {
                 let slice = &tokens[last_slice..current];
                 if let (Some(first), Some(last)) = (slice.first(), slice.last()) {
-                    let start = time_offset + f64::from(first.saturating_sub(tb)) * TIME_PRECISION;
-                    let end = time_offset + f64::from(last.saturating_sub(tb)) * TIME_PRECISION;
+                    // Timestamps past the audio (into the window's padding) are clamped to it.
+                    let at = |t: &u32| {
+                        time_offset
+                            + (f64::from(t.saturating_sub(tb)) * TIME_PRECISION).min(segment_duration)
+                    };
+                    let (start, end) = (at(first), at(last));
                     segments.push(make(slice, start, end));
                 }
                 last_slice = current;
@@ -751,7 +762,7 @@ impl Engine {
             let tail = &tokens[last_slice.min(n)..];
             if whole_window && !single_timestamp_ending && tail.iter().any(|t| *t < tb) {
                 let start = tokens[last_slice - 1].saturating_sub(tb);
-                let start = time_offset + f64::from(start) * TIME_PRECISION;
+                let start = time_offset + (f64::from(start) * TIME_PRECISION).min(segment_duration);
                 segments.push(make(tail, start, time_offset + segment_duration));
             }
             let advance = if single_timestamp_ending {
@@ -765,7 +776,7 @@ impl Engine {
             let mut duration = segment_duration;
             if let Some(last) = tokens.iter().rev().find(|t| **t >= tb) {
                 if *last != tb {
-                    duration = f64::from(last - tb) * TIME_PRECISION;
+                    duration = (f64::from(last - tb) * TIME_PRECISION).min(segment_duration);
                 }
             }
             segments.push(make(tokens, time_offset, time_offset + duration));

@@ -244,6 +244,9 @@ impl WhisperModel {
             let builder = Session::builder(&env).map_err(ort_error("session builder"))?;
             let mut builder = builder
                 .with_optimization_level(GraphOptimizationLevel::All)
+                // Memory patterns plan for fixed shapes; the decoder's change every step, and
+                // without them peak memory measured 50-90 MB lower at the same speed.
+                .and_then(|b| b.with_memory_pattern(false))
                 .and_then(|b| b.with_intra_threads(threads.max(1)))
                 .and_then(|b| b.with_inter_threads(1))
                 // Spinning workers burn the cores other work (and other windows) need; on a
