@@ -24,7 +24,9 @@ pub enum ConfigError {
 
 /// The data directory: explicit choice, then the environment, then the XDG default.
 pub fn data_dir(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
-    data_dir_from(explicit, |name| std::env::var_os(name).filter(|v| !v.is_empty()))
+    data_dir_from(explicit, |name| {
+        std::env::var_os(name).filter(|v| !v.is_empty())
+    })
 }
 
 /// The models directory: explicit choice, then the environment, then `<data dir>/models`.
@@ -79,25 +81,44 @@ mod tests {
 
     #[test]
     fn data_dir_prefers_explicit_then_env_then_xdg_then_home() {
-        let all = env_of(&[(DATA_DIR_ENV, "/env"), ("XDG_DATA_HOME", "/xdg"), ("HOME", "/h")]);
-        assert_eq!(data_dir_from(Some(Path::new("/x")), &all).unwrap(), Path::new("/x"));
+        let all = env_of(&[
+            (DATA_DIR_ENV, "/env"),
+            ("XDG_DATA_HOME", "/xdg"),
+            ("HOME", "/h"),
+        ]);
+        assert_eq!(
+            data_dir_from(Some(Path::new("/x")), &all).unwrap(),
+            Path::new("/x")
+        );
         assert_eq!(data_dir_from(None, &all).unwrap(), Path::new("/env"));
         let xdg = env_of(&[("XDG_DATA_HOME", "/xdg"), ("HOME", "/h")]);
-        assert_eq!(data_dir_from(None, &xdg).unwrap(), Path::new("/xdg/ytcaption"));
+        assert_eq!(
+            data_dir_from(None, &xdg).unwrap(),
+            Path::new("/xdg/ytcaption")
+        );
         let home = env_of(&[("HOME", "/h")]);
         assert_eq!(
             data_dir_from(None, &home).unwrap(),
             Path::new("/h/.local/share/ytcaption")
         );
-        assert!(matches!(data_dir_from(None, env_of(&[])), Err(ConfigError::NoDataDir)));
+        assert!(matches!(
+            data_dir_from(None, env_of(&[])),
+            Err(ConfigError::NoDataDir)
+        ));
     }
 
     #[test]
     fn models_dir_prefers_explicit_then_env_then_data_dir() {
         let env = env_of(&[(MODELS_DIR_ENV, "/m")]);
         let data = Path::new("/d");
-        assert_eq!(models_dir_from(Some(Path::new("/x")), data, &env), Path::new("/x"));
+        assert_eq!(
+            models_dir_from(Some(Path::new("/x")), data, &env),
+            Path::new("/x")
+        );
         assert_eq!(models_dir_from(None, data, &env), Path::new("/m"));
-        assert_eq!(models_dir_from(None, data, env_of(&[])), Path::new("/d/models"));
+        assert_eq!(
+            models_dir_from(None, data, env_of(&[])),
+            Path::new("/d/models")
+        );
     }
 }

@@ -40,12 +40,18 @@ pub fn run(dirs: &Dirs, command: ModelCommand) -> anyhow::Result<()> {
 fn list(models_dir: &Path) -> anyhow::Result<()> {
     let models = list_models(models_dir);
     if models.is_empty() {
-        println!("no models in {} (run `make model` to install base and tiny.en)", models_dir.display());
+        println!(
+            "no models in {} (run `make model` to install base and tiny.en)",
+            models_dir.display()
+        );
         return Ok(());
     }
     println!("models in {}:", models_dir.display());
     for (path, manifest) in models {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match manifest {
             Ok(manifest) => println!("  {name:<16} {}", manifest.describe()),
             Err(error) => println!("  {name:<16} unusable: {error}"),
@@ -61,7 +67,10 @@ fn import(models_dir: &Path, source: &Path, name: &str, int8: bool) -> anyhow::R
         source.display()
     );
     anyhow::ensure!(
-        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
         "model name {name:?} may only use letters, digits, '.', '_' and '-'"
     );
     let root = Path::new(SOURCE_ROOT);
@@ -74,7 +83,8 @@ fn import(models_dir: &Path, source: &Path, name: &str, int8: bool) -> anyhow::R
         "the converter needs the ytcaption checkout's venv: run `make model` in {} first",
         root.display()
     );
-    std::fs::create_dir_all(models_dir).with_context(|| format!("cannot create {}", models_dir.display()))?;
+    std::fs::create_dir_all(models_dir)
+        .with_context(|| format!("cannot create {}", models_dir.display()))?;
     let mut variants = vec![(name.to_owned(), false)];
     if int8 {
         variants.push((format!("{name}-int8"), true));
@@ -82,7 +92,12 @@ fn import(models_dir: &Path, source: &Path, name: &str, int8: bool) -> anyhow::R
     for (variant, quantize) in variants {
         let out = models_dir.join(&variant);
         let mut command = Command::new(&venv_python);
-        command.arg(&script).arg(source).arg(&out).arg("--name").arg(&variant);
+        command
+            .arg(&script)
+            .arg(source)
+            .arg(&out)
+            .arg("--name")
+            .arg(&variant);
         if quantize {
             command.arg("--int8");
         }

@@ -62,9 +62,15 @@ pub fn run(dirs: &Dirs, args: Args) -> anyhow::Result<()> {
         code => Some(code.to_ascii_lowercase()),
     };
     if let Some(threads) = args.threads {
-        anyhow::ensure!((1..=256).contains(&threads), "--threads must be between 1 and 256");
+        anyhow::ensure!(
+            (1..=256).contains(&threads),
+            "--threads must be between 1 and 256"
+        );
     }
-    anyhow::ensure!((1..=32).contains(&args.batch_size), "--batch-size must be between 1 and 32");
+    anyhow::ensure!(
+        (1..=32).contains(&args.batch_size),
+        "--batch-size must be between 1 and 32"
+    );
     if let Some(output) = &args.output {
         check_output_dir(output)?;
     }
@@ -130,24 +136,43 @@ pub fn run(dirs: &Dirs, args: Args) -> anyhow::Result<()> {
 fn progress_bar(total_seconds: f64) -> ProgressBar {
     let bar = ProgressBar::new(total_seconds.ceil() as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} s audio (eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} s audio (eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(250));
     bar
 }
 
 fn check_output_dir(output: &Path) -> anyhow::Result<()> {
-    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    anyhow::ensure!(parent.is_dir(), "output directory {} does not exist", parent.display());
-    anyhow::ensure!(!output.is_dir(), "output {} is a directory", output.display());
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    anyhow::ensure!(
+        parent.is_dir(),
+        "output directory {} does not exist",
+        parent.display()
+    );
+    anyhow::ensure!(
+        !output.is_dir(),
+        "output {} is a directory",
+        output.display()
+    );
     Ok(())
 }
 
 /// Writes to a temporary file beside `path`, then renames it into place.
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temp = parent.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = std::fs::write(&temp, bytes).and_then(|()| std::fs::rename(&temp, path));
     if result.is_err() {

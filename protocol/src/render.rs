@@ -237,7 +237,10 @@ mod tests {
         let transcript = sample();
         let json = Format::Json.render(&transcript);
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(value["text"], "Hello there. An hour --> later.\n\nSecond line");
+        assert_eq!(
+            value["text"],
+            "Hello there. An hour --> later.\n\nSecond line"
+        );
         let back: Transcript = serde_json::from_value(value).unwrap();
         assert_eq!(back, transcript);
     }

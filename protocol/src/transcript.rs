@@ -72,6 +72,8 @@ impl Transcript {
 
     /// All words of all segments, in order.
     pub fn words(&self) -> impl Iterator<Item = &Word> {
-        self.segments.iter().flat_map(|segment| segment.words.iter())
+        self.segments
+            .iter()
+            .flat_map(|segment| segment.words.iter())
     }
 }

@@ -10,10 +10,19 @@ use std::path::{Path, PathBuf};
 use common::*;
 
 /// Runs a transcription that must fail; returns its one error line.
-fn fails(input: &Path, extra: &[&str], configure: impl FnOnce(&mut std::process::Command)) -> String {
+fn fails(
+    input: &Path,
+    extra: &[&str],
+    configure: impl FnOnce(&mut std::process::Command),
+) -> String {
     let out_dir = tempfile::tempdir().unwrap();
     let output = out_dir.path().join("out.srt");
-    let mut args = vec!["transcribe", input.to_str().unwrap(), "--output", output.to_str().unwrap()];
+    let mut args = vec![
+        "transcribe",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     for (flag, default) in [("--model", "tiny.en"), ("--threads", "1")] {
         if !extra.contains(&flag) {
@@ -22,17 +31,38 @@ fn fails(input: &Path, extra: &[&str], configure: impl FnOnce(&mut std::process:
     }
     let run = ytcaption_with(&args, configure);
     assert!(!run.success, "{} should fail: {run:?}", input.display());
-    assert!(!run.stderr.contains("panicked"), "panic on {}: {}", input.display(), run.stderr);
-    let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "want one error line for {}, got: {}", input.display(), run.stderr);
+    assert!(
+        !run.stderr.contains("panicked"),
+        "panic on {}: {}",
+        input.display(),
+        run.stderr
+    );
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "want one error line for {}, got: {}",
+        input.display(),
+        run.stderr
+    );
     assert!(lines[0].starts_with("error: "), "{}", lines[0]);
-    let left: Vec<PathBuf> = std::fs::read_dir(out_dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    let left: Vec<PathBuf> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert!(left.is_empty(), "partial output left behind: {left:?}");
     lines[0].to_lowercase()
 }
 
 fn assert_mentions(line: &str, words: &[&str]) {
-    assert!(words.iter().any(|w| line.contains(w)), "{line:?} should mention one of {words:?}");
+    assert!(
+        words.iter().any(|w| line.contains(w)),
+        "{line:?} should mention one of {words:?}"
+    );
 }
 
 #[test]

@@ -14,7 +14,10 @@ use ytcaption_actors::engine::mel::{MelFrontEnd, N_FRAMES};
 fn reference_mel(wav: &std::path::Path, n_mels: usize) -> Vec<f32> {
     let out = tempfile::NamedTempFile::new().unwrap();
     let python = repo().join(".venv/bin/python");
-    assert!(python.is_file(), "the project venv is missing: run `make model`");
+    assert!(
+        python.is_file(),
+        "the project venv is missing: run `make model`"
+    );
     let status = Command::new(python)
         .arg(repo().join("deploy/model/mel_ref.py"))
         .arg(wav)
@@ -33,7 +36,12 @@ fn reference_mel(wav: &std::path::Path, n_mels: usize) -> Vec<f32> {
 #[test]
 fn log_mel_matches_numpy_within_1e_4() {
     let clips: Vec<std::path::PathBuf> = std::iter::once(fixture("beckett.wav"))
-        .chain(single_window_clips().iter().take(2).map(|name| fixture(&format!("{name}.wav"))))
+        .chain(
+            single_window_clips()
+                .iter()
+                .take(2)
+                .map(|name| fixture(&format!("{name}.wav"))),
+        )
         .collect();
     for wav in clips {
         for n_mels in [80, 128] {
@@ -48,8 +56,15 @@ fn log_mel_matches_numpy_within_1e_4() {
                 .zip(&theirs)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            eprintln!("{} ({n_mels} mels): max abs diff {max_diff:e}", wav.display());
-            assert!(max_diff <= 1e-4, "{}: max abs diff {max_diff}", wav.display());
+            eprintln!(
+                "{} ({n_mels} mels): max abs diff {max_diff:e}",
+                wav.display()
+            );
+            assert!(
+                max_diff <= 1e-4,
+                "{}: max abs diff {max_diff}",
+                wav.display()
+            );
         }
     }
 }

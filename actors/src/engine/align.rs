@@ -111,7 +111,12 @@ fn median_filter(row: &mut [f32], width: usize) {
 }
 
 /// Splits tokens (ending with end-of-text) into words and their tokens.
-pub fn split_words(tokenizer: &Tokenizer, tokens: &[u32], eot: u32, language: &str) -> Vec<(String, Vec<u32>)> {
+pub fn split_words(
+    tokenizer: &Tokenizer,
+    tokens: &[u32],
+    eot: u32,
+    language: &str,
+) -> Vec<(String, Vec<u32>)> {
     let groups = tokenizer.split_on_unicode(tokens);
     if UNSPACED_LANGUAGES.contains(&language) {
         return groups;
@@ -141,7 +146,10 @@ fn merge_punctuation(words: &mut [WordTiming]) {
     while i >= 0 {
         let iu = i as usize;
         let previous = &words[iu];
-        if previous.word.starts_with(' ') && PREPEND_PUNCTUATION.contains(previous.word.trim()) && !previous.word.trim().is_empty() {
+        if previous.word.starts_with(' ')
+            && PREPEND_PUNCTUATION.contains(previous.word.trim())
+            && !previous.word.trim().is_empty()
+        {
             let (word, tokens) = (previous.word.clone(), previous.tokens.clone());
             words[j].word.insert_str(0, &word);
             words[j].tokens.splice(0..0, tokens);
@@ -155,7 +163,10 @@ fn merge_punctuation(words: &mut [WordTiming]) {
     let (mut i, mut j) = (0, 1);
     while j < words.len() {
         let following = &words[j];
-        if !words[i].word.ends_with(' ') && !following.word.is_empty() && APPEND_PUNCTUATION.contains(following.word.as_str()) {
+        if !words[i].word.ends_with(' ')
+            && !following.word.is_empty()
+            && APPEND_PUNCTUATION.contains(following.word.as_str())
+        {
             let (word, tokens) = (following.word.clone(), following.tokens.clone());
             words[i].word.push_str(&word);
             words[i].tokens.extend(tokens);
@@ -253,7 +264,16 @@ pub fn align_batch(
         .enumerate()
         .map(|(b, (item, row))| {
             let scores = &qk[b * per_item..(b + 1) * per_item];
-            words_from_scores(model, tokenizer, scores, width, row.len(), sot_sequence.len(), item, language)
+            words_from_scores(
+                model,
+                tokenizer,
+                scores,
+                width,
+                row.len(),
+                sot_sequence.len(),
+                item,
+                language,
+            )
         })
         .collect()
 }
@@ -294,7 +314,11 @@ fn words_from_scores(
             .collect();
         for f in 0..frames {
             let mean = weights.iter().map(|row| row[f]).sum::<f32>() / n as f32;
-            let var = weights.iter().map(|row| (row[f] - mean).powi(2)).sum::<f32>() / n as f32;
+            let var = weights
+                .iter()
+                .map(|row| (row[f] - mean).powi(2))
+                .sum::<f32>()
+                / n as f32;
             let std = var.sqrt().max(1e-10);
             for row in &mut weights {
                 row[f] = (row[f] - mean) / std;
@@ -325,7 +349,13 @@ fn words_from_scores(
             jump_times.push(time_indices[k] as f64 / TOKENS_PER_SECOND);
         }
     }
-    let time_at = |index: usize| jump_times.get(index).or(jump_times.last()).copied().unwrap_or(0.0);
+    let time_at = |index: usize| {
+        jump_times
+            .get(index)
+            .or(jump_times.last())
+            .copied()
+            .unwrap_or(0.0)
+    };
     let mut timings = Vec::new();
     let mut boundary = 0usize;
     for (word, ids) in &words[..words.len() - 1] {
@@ -395,7 +425,11 @@ mod tests {
             timing(".\"", 1.0, 1.1),
         ];
         merge_punctuation(&mut words);
-        let texts: Vec<&str> = words.iter().map(|w| w.word.as_str()).filter(|w| !w.is_empty()).collect();
+        let texts: Vec<&str> = words
+            .iter()
+            .map(|w| w.word.as_str())
+            .filter(|w| !w.is_empty())
+            .collect();
         assert_eq!(texts, vec![" \" Hello,", " world", ".\""]);
         let mut words = vec![timing(" end", 0.0, 0.4), timing(".", 0.4, 0.5)];
         merge_punctuation(&mut words);

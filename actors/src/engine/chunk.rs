@@ -81,13 +81,18 @@ mod tests {
             *x = 0.0;
         }
         let cut = find_cut(&samples, 20 * second, 30 * second);
-        assert!((24 * second..24 * second + 6 * second / 10).contains(&cut), "cut at {cut}");
+        assert!(
+            (24 * second..24 * second + 6 * second / 10).contains(&cut),
+            "cut at {cut}"
+        );
     }
 
     #[test]
     fn speech_end_is_the_end_of_the_last_loud_stretch() {
         let second = SAMPLE_RATE;
-        let mut samples: Vec<f32> = (0..10 * second).map(|n| 0.3 * (n as f32 * 0.3).sin()).collect();
+        let mut samples: Vec<f32> = (0..10 * second)
+            .map(|n| 0.3 * (n as f32 * 0.3).sin())
+            .collect();
         for x in &mut samples[7 * second..] {
             *x *= 0.001;
         }
@@ -103,7 +108,10 @@ mod tests {
     #[test]
     fn short_audio_is_one_chunk_and_uniform_audio_cuts_late() {
         let samples = vec![0.5f32; 10 * SAMPLE_RATE];
-        assert_eq!(find_cut(&samples, 20 * SAMPLE_RATE, 30 * SAMPLE_RATE), samples.len());
+        assert_eq!(
+            find_cut(&samples, 20 * SAMPLE_RATE, 30 * SAMPLE_RATE),
+            samples.len()
+        );
         let samples = vec![0.5f32; 40 * SAMPLE_RATE];
         let cut = find_cut(&samples, 20 * SAMPLE_RATE, 30 * SAMPLE_RATE);
         assert!(cut > 29 * SAMPLE_RATE && cut <= 30 * SAMPLE_RATE, "{cut}");

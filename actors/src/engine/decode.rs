@@ -77,8 +77,7 @@ pub fn compression_ratio(text: &str) -> f64 {
     if text.is_empty() {
         return 0.0;
     }
-    let mut encoder =
-        flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
     let compressed = encoder
         .write_all(text.as_bytes())
         .and_then(|()| encoder.finish())
@@ -119,7 +118,14 @@ impl LogitRules {
         let manifest = &model.manifest;
         let t = &manifest.tokens;
         let mut suppress = manifest.suppress_ids.clone();
-        suppress.extend([t.transcribe, t.translate, t.sot, t.sot_prev, t.sot_lm, t.no_speech]);
+        suppress.extend([
+            t.transcribe,
+            t.translate,
+            t.sot,
+            t.sot_prev,
+            t.sot_lm,
+            t.no_speech,
+        ]);
         suppress.sort_unstable();
         suppress.dedup();
         let mut suppress_at_begin = manifest.suppress_ids_begin.clone();
@@ -158,8 +164,7 @@ impl LogitRules {
 
         let is_ts = |t: &u32| *t >= begin;
         let last_was_timestamp = sampled.last().is_some_and(is_ts);
-        let penultimate_was_timestamp =
-            sampled.len() < 2 || is_ts(&sampled[sampled.len() - 2]);
+        let penultimate_was_timestamp = sampled.len() < 2 || is_ts(&sampled[sampled.len() - 2]);
         if last_was_timestamp {
             if penultimate_was_timestamp {
                 mask(tb..usize::MAX);
@@ -223,7 +228,10 @@ fn choose(logits: &[f32], temperature: f32, rng: &mut Rng) -> (u32, f32) {
         }
         pick
     };
-    (token as u32, logprobs.get(token).copied().unwrap_or(f32::NEG_INFINITY))
+    (
+        token as u32,
+        logprobs.get(token).copied().unwrap_or(f32::NEG_INFINITY),
+    )
 }
 
 /// Everything a window decode needs besides the audio.
@@ -282,10 +290,16 @@ impl WindowDecoder<'_> {
         if !prompt.is_empty() {
             let keep = (n_ctx / 2).saturating_sub(1);
             prefix.push(i64::from(t.sot_prev));
-            prefix.extend(prompt[prompt.len().saturating_sub(keep)..].iter().map(|x| i64::from(*x)));
+            prefix.extend(
+                prompt[prompt.len().saturating_sub(keep)..]
+                    .iter()
+                    .map(|x| i64::from(*x)),
+            );
         }
         prefix.push(i64::from(self.sot_sequence[0]));
-        let at_sot = self.model.decode(audio, &mut cache, &repeat(&prefix), false)?;
+        let at_sot = self
+            .model
+            .decode(audio, &mut cache, &repeat(&prefix), false)?;
         let no_speech: Vec<f64> = at_sot
             .logits
             .chunks_exact(vocab)
@@ -295,11 +309,16 @@ impl WindowDecoder<'_> {
                     .map_or(0.0, |l| f64::from(l.exp()))
             })
             .collect();
-        let rest: Vec<i64> = self.sot_sequence[1..].iter().map(|x| i64::from(*x)).collect();
+        let rest: Vec<i64> = self.sot_sequence[1..]
+            .iter()
+            .map(|x| i64::from(*x))
+            .collect();
         let mut logits = if rest.is_empty() {
             at_sot.logits
         } else {
-            self.model.decode(audio, &mut cache, &repeat(&rest), false)?.logits
+            self.model
+                .decode(audio, &mut cache, &repeat(&rest), false)?
+                .logits
         };
 
         let sample_len = n_ctx / 2;
@@ -314,8 +333,15 @@ impl WindowDecoder<'_> {
                     continue;
                 }
                 self.rules.apply(row, &sampled[k]);
-                let speech_likely = no_speech.get(k).is_some_and(|p| *p < FORCE_CONTINUE_MAX_NO_SPEECH);
-                if let Some(until) = speech_until.get(k).copied().flatten().filter(|_| speech_likely) {
+                let speech_likely = no_speech
+                    .get(k)
+                    .is_some_and(|p| *p < FORCE_CONTINUE_MAX_NO_SPEECH);
+                if let Some(until) = speech_until
+                    .get(k)
+                    .copied()
+                    .flatten()
+                    .filter(|_| speech_likely)
+                {
                     let has_text = sampled[k].iter().any(|x| *x < t.eot);
                     let last_time = sampled[k]
                         .iter()
@@ -485,7 +511,10 @@ mod tests {
         }
         let mut logits = vec![0.0f32; 120];
         rules(false).apply(&mut logits, &[5]);
-        assert!(allowed(&logits).contains(&10), "end allowed after the first token");
+        assert!(
+            allowed(&logits).contains(&10),
+            "end allowed after the first token"
+        );
     }
 
     #[test]

@@ -39,7 +39,9 @@ pub struct MelFrontEnd {
 
 impl std::fmt::Debug for MelFrontEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MelFrontEnd").field("n_mels", &self.n_mels).finish()
+        f.debug_struct("MelFrontEnd")
+            .field("n_mels", &self.n_mels)
+            .finish()
     }
 }
 
@@ -142,6 +144,8 @@ impl MelFrontEnd {
                     .sum();
                 // Out-of-range input (a damaged float WAV decodes to samples near f32::MAX) makes
                 // the power overflow to inf, or NaN via inf - inf in the FFT: keep it finite.
+                // `max` first, not `clamp`: it also turns NaN into the floor.
+                #[allow(clippy::manual_clamp)]
                 let log = energy.max(1e-10).min(f32::MAX).log10();
                 max_log = max_log.max(log);
                 out[m * N_FRAMES + t] = log;
@@ -226,7 +230,12 @@ mod tests {
         }
         // The first filter rises from 0 Hz and peaks at bin 1 (40 Hz); values are checked
         // against numpy in tests/tests/mel.rs.
-        let peak = bank[0].iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        let peak = bank[0]
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0;
         assert_eq!(peak, 1);
         assert_eq!(bank[0][0], 0.0);
     }
@@ -281,7 +290,10 @@ mod tests {
         let centre = mel_to_hz(
             hz_to_mel(0.0) + (hz_to_mel(8000.0) - hz_to_mel(0.0)) * (loudest + 1) as f64 / 81.0,
         );
-        assert!((centre - 1000.0).abs() < 120.0, "band {loudest} ({lo}-{hi} Hz)");
+        assert!(
+            (centre - 1000.0).abs() < 120.0,
+            "band {loudest} ({lo}-{hi} Hz)"
+        );
         // After the tone ends (2 s = frame 200) the log-mel sits at the floor.
         assert!(out[loudest * N_FRAMES + 400] < out[loudest * N_FRAMES + frame] - 1.0);
     }

@@ -255,7 +255,11 @@ impl SampleWindow {
 
 impl Engine {
     /// Loads a converted model. `threads` is ONNX Runtime's intra-op thread count.
-    pub fn load(model_dir: &Path, runtime_library: &Path, threads: usize) -> Result<Self, EngineError> {
+    pub fn load(
+        model_dir: &Path,
+        runtime_library: &Path,
+        threads: usize,
+    ) -> Result<Self, EngineError> {
         let model = WhisperModel::load(model_dir, runtime_library, threads)?;
         let tokenizer = Tokenizer::load(&model_dir.join("tokenizer.json"))?;
         let mel = MelFrontEnd::new(model.manifest.n_mels);
@@ -305,8 +309,14 @@ impl Engine {
             .languages
             .iter()
             .max_by(|a, b| {
-                let la = logits.get(a.1 as usize).copied().unwrap_or(f32::NEG_INFINITY);
-                let lb = logits.get(b.1 as usize).copied().unwrap_or(f32::NEG_INFINITY);
+                let la = logits
+                    .get(a.1 as usize)
+                    .copied()
+                    .unwrap_or(f32::NEG_INFINITY);
+                let lb = logits
+                    .get(b.1 as usize)
+                    .copied()
+                    .unwrap_or(f32::NEG_INFINITY);
                 la.total_cmp(&lb)
             })
             .map(|(code, _)| code.clone())
@@ -339,7 +349,9 @@ impl Engine {
             }
         }
         if options.batch_size == 0 {
-            return Err(EngineError::InvalidOption("batch size must be at least 1".into()));
+            return Err(EngineError::InvalidOption(
+                "batch size must be at least 1".into(),
+            ));
         }
         let total = source.duration_hint();
         let mut window = SampleWindow {
@@ -429,8 +441,7 @@ impl Engine {
         let improbable = !policy
             .logprob_threshold
             .is_some_and(|limit| result.avg_logprob > limit);
-        result.no_speech_prob > threshold && improbable
-            || result.no_speech_prob > NO_SPEECH_CERTAIN
+        result.no_speech_prob > threshold && improbable || result.no_speech_prob > NO_SPEECH_CERTAIN
     }
 
     /// openai-whisper's seek loop: one window at a time, each starting where the last
@@ -487,8 +498,13 @@ impl Engine {
             if Self::skip_as_silent(&result, &options.fallback) {
                 seek += segment_frames;
             } else {
-                let (mut window_segments, advance, single_timestamp_ending) =
-                    self.split_segments(&result, time_offset, segment_frames, segment_duration, false);
+                let (mut window_segments, advance, single_timestamp_ending) = self.split_segments(
+                    &result,
+                    time_offset,
+                    segment_frames,
+                    segment_duration,
+                    false,
+                );
                 let previous_seek = seek;
                 seek += advance;
                 if options.word_timestamps && !window_segments.is_empty() {
@@ -504,11 +520,18 @@ impl Engine {
                     .pop()
                     .unwrap_or_default();
                     let window_end = time_offset + segment_duration;
-                    let last_end = apply_word_timings(&mut window_segments, &timings, &counts, time_offset, window_end);
+                    let last_end = apply_word_timings(
+                        &mut window_segments,
+                        &timings,
+                        &counts,
+                        time_offset,
+                        window_end,
+                    );
                     // Resume right after the last word when the window did not end cleanly.
                     if !single_timestamp_ending {
                         if let Some(end) = last_end.filter(|end| *end > time_offset) {
-                            seek = ((end * SAMPLE_RATE as f64 / HOP_LENGTH as f64).round() as usize)
+                            seek = ((end * SAMPLE_RATE as f64 / HOP_LENGTH as f64).round()
+                                as usize)
                                 .max(previous_seek + 1);
                         }
                     }
@@ -520,7 +543,9 @@ impl Engine {
                     all_tokens.extend(tokens);
                     run.segments.push(segment);
                 }
-                if !options.condition_on_previous_text || result.temperature > PROMPT_RESET_TEMPERATURE {
+                if !options.condition_on_previous_text
+                    || result.temperature > PROMPT_RESET_TEMPERATURE
+                {
                     prompt_reset_since = all_tokens.len();
                 }
             }
@@ -568,8 +593,13 @@ impl Engine {
                     continue;
                 }
                 let mut mel = vec![0f32; n_mels * N_FRAMES];
-                self.mel
-                    .window(history, &samples[..len], chunk_start == 0, len / HOP_LENGTH, &mut mel);
+                self.mel.window(
+                    history,
+                    &samples[..len],
+                    chunk_start == 0,
+                    len / HOP_LENGTH,
+                    &mut mel,
+                );
                 mels.push(mel);
                 speech_until.push(chunk::speech_end(&samples[..len]).and_then(|end| {
                     let seconds = end as f64 / SAMPLE_RATE as f64 - SPEECH_END_SLACK_SECONDS;
@@ -597,7 +627,8 @@ impl Engine {
             let decode_start = Instant::now();
             let temperatures = &options.fallback.temperatures;
             let first = temperatures.first().copied().unwrap_or(0.0);
-            let mut results = decoder.decode_batch(&audio, &run.prompt, &speech_until, first, &mut run.rng)?;
+            let mut results =
+                decoder.decode_batch(&audio, &run.prompt, &speech_until, first, &mut run.rng)?;
             for temperature in temperatures.iter().skip(1) {
                 let pending: Vec<usize> = (0..results.len())
                     .filter(|k| WindowDecoder::needs_fallback(&results[*k], &options.fallback))
@@ -606,7 +637,13 @@ impl Engine {
                     break;
                 }
                 // Redo the whole batch: a batched step costs about what a single one does.
-                let mut retry = decoder.decode_batch(&audio, &run.prompt, &speech_until, *temperature, &mut run.rng)?;
+                let mut retry = decoder.decode_batch(
+                    &audio,
+                    &run.prompt,
+                    &speech_until,
+                    *temperature,
+                    &mut run.rng,
+                )?;
                 for k in pending {
                     results[k] = std::mem::replace(&mut retry[k], results[k].clone());
                 }
@@ -629,7 +666,8 @@ impl Engine {
                 let segments = if Self::skip_as_silent(result, &options.fallback) {
                     Vec::new()
                 } else {
-                    self.split_segments(result, offset, frames, duration, true).0
+                    self.split_segments(result, offset, frames, duration, true)
+                        .0
                 };
                 per_chunk.push(segments);
             }
@@ -638,10 +676,20 @@ impl Engine {
                     .iter()
                     .zip(&per_chunk)
                     .zip(&chunks)
-                    .map(|((result, segments), (_, len))| self.align_item(result, segments, len / HOP_LENGTH))
+                    .map(|((result, segments), (_, len))| {
+                        self.align_item(result, segments, len / HOP_LENGTH)
+                    })
                     .collect();
-                let align_items: Vec<align::AlignItem> = items.iter().map(|(item, _)| item.clone()).collect();
-                let timings = align::align_batch(&self.model, &self.tokenizer, &audio, &sot_sequence, &align_items, &code)?;
+                let align_items: Vec<align::AlignItem> =
+                    items.iter().map(|(item, _)| item.clone()).collect();
+                let timings = align::align_batch(
+                    &self.model,
+                    &self.tokenizer,
+                    &audio,
+                    &sot_sequence,
+                    &align_items,
+                    &code,
+                )?;
                 for (((segments, (_, counts)), timings), (start, len)) in
                     per_chunk.iter_mut().zip(&items).zip(&timings).zip(&chunks)
                 {
@@ -716,8 +764,7 @@ impl Engine {
         let tokens = &result.tokens;
         let is_ts: Vec<bool> = tokens.iter().map(|t| *t >= tb).collect();
         let n = tokens.len();
-        let single_timestamp_ending = n >= 2 && !is_ts[n - 2] && is_ts[n - 1]
-            || n == 1 && is_ts[0];
+        let single_timestamp_ending = n >= 2 && !is_ts[n - 2] && is_ts[n - 1] || n == 1 && is_ts[0];
         let consecutive: Vec<usize> = (1..n).filter(|i| is_ts[*i - 1] && is_ts[*i]).collect();
         let make = |slice: &[u32], start: f64, end: f64| -> (Segment, Vec<u32>) {
             let text_tokens: Vec<u32> = slice
@@ -752,7 +799,8 @@ impl Engine {
                     // Timestamps past the audio (into the window's padding) are clamped to it.
                     let at = |t: &u32| {
                         time_offset
-                            + (f64::from(t.saturating_sub(tb)) * TIME_PRECISION).min(segment_duration)
+                            + (f64::from(t.saturating_sub(tb)) * TIME_PRECISION)
+                                .min(segment_duration)
                     };
                     let (start, end) = (at(first), at(last));
                     segments.push(make(slice, start, end));

@@ -241,18 +241,23 @@ impl WhisperModel {
                 path: path.clone(),
                 reason: format!("corrupt or unreadable ONNX graph: {e}"),
             };
-            let builder = Session::builder(&env).map_err(ort_error("session builder"))?;
-            let mut builder = builder
+            let option = |e: ort::Error<_>| EngineError::Runtime(format!("session options: {e}"));
+            let mut builder = Session::builder(&env)
+                .map_err(ort_error("session builder"))?
                 .with_optimization_level(GraphOptimizationLevel::All)
+                .map_err(option)?
                 // Memory patterns plan for fixed shapes; the decoder's change every step, and
                 // without them peak memory measured 50-90 MB lower at the same speed.
-                .and_then(|b| b.with_memory_pattern(false))
-                .and_then(|b| b.with_intra_threads(threads.max(1)))
-                .and_then(|b| b.with_inter_threads(1))
+                .with_memory_pattern(false)
+                .map_err(option)?
+                .with_intra_threads(threads.max(1))
+                .map_err(option)?
+                .with_inter_threads(1)
+                .map_err(option)?
                 // Spinning workers burn the cores other work (and other windows) need; on a
                 // busy machine they made every decoder step several times slower.
-                .and_then(|b| b.with_intra_op_spinning(false))
-                .map_err(|e| EngineError::Runtime(format!("session options: {e}")))?;
+                .with_intra_op_spinning(false)
+                .map_err(option)?;
             builder.commit_from_file(&path).map_err(corrupt)
         };
         let layers = manifest.n_text_layer;

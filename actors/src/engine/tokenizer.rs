@@ -198,7 +198,11 @@ impl Tokenizer {
                     ids.push(*id);
                 } else {
                     // Every single byte is in the vocabulary, so fall back to bytes.
-                    ids.extend(symbol.chars().filter_map(|c| self.vocab.get(&c.to_string())));
+                    ids.extend(
+                        symbol
+                            .chars()
+                            .filter_map(|c| self.vocab.get(&c.to_string())),
+                    );
                 }
             }
         }

@@ -26,7 +26,11 @@ pub fn fixtures() -> PathBuf {
 
 pub fn fixture(name: &str) -> PathBuf {
     let path = fixtures().join(name);
-    assert!(path.exists(), "missing fixture {}: run `make fixtures`", path.display());
+    assert!(
+        path.exists(),
+        "missing fixture {}: run `make fixtures`",
+        path.display()
+    );
     path
 }
 
@@ -100,7 +104,16 @@ pub fn ytcaption_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Ru
 /// Transcribes a file to JSON with the given model and extra flags.
 pub fn transcribe_json(path: &Path, model: &str, extra: &[&str]) -> serde_json::Value {
     let path = path.to_str().unwrap();
-    let mut args = vec!["transcribe", path, "--model", model, "--format", "json", "--threads", "1"];
+    let mut args = vec![
+        "transcribe",
+        path,
+        "--model",
+        model,
+        "--format",
+        "json",
+        "--threads",
+        "1",
+    ];
     args.extend_from_slice(extra);
     let run = ytcaption(&args);
     assert!(run.success, "transcribe {path} failed: {}", run.stderr);
@@ -148,16 +161,34 @@ pub fn assert_well_timed(transcript: &serde_json::Value) {
     let duration = transcript["duration"].as_f64().unwrap();
     let mut last_start = 0.0;
     for segment in transcript["segments"].as_array().unwrap() {
-        let (start, end) = (segment["start"].as_f64().unwrap(), segment["end"].as_f64().unwrap());
-        assert!(start >= last_start - 1e-6, "segments out of order at {start}: {transcript}");
+        let (start, end) = (
+            segment["start"].as_f64().unwrap(),
+            segment["end"].as_f64().unwrap(),
+        );
+        assert!(
+            start >= last_start - 1e-6,
+            "segments out of order at {start}: {transcript}"
+        );
         assert!(start <= end, "segment ends before it starts: {segment}");
-        assert!(end <= duration + 0.05, "segment ends after the audio ({duration} s): {segment}");
+        assert!(
+            end <= duration + 0.05,
+            "segment ends after the audio ({duration} s): {segment}"
+        );
         last_start = start;
         let mut last_word_end = start;
         for word in segment["words"].as_array().into_iter().flatten() {
-            let (ws, we) = (word["start"].as_f64().unwrap(), word["end"].as_f64().unwrap());
-            assert!(ws <= we && ws >= last_word_end - 1e-6, "word out of order: {word} in {segment}");
-            assert!(ws >= start - 1e-6 && we <= end + 1e-6, "word outside its segment: {word} in {segment}");
+            let (ws, we) = (
+                word["start"].as_f64().unwrap(),
+                word["end"].as_f64().unwrap(),
+            );
+            assert!(
+                ws <= we && ws >= last_word_end - 1e-6,
+                "word out of order: {word} in {segment}"
+            );
+            assert!(
+                ws >= start - 1e-6 && we <= end + 1e-6,
+                "word outside its segment: {word} in {segment}"
+            );
             last_word_end = we;
         }
     }
