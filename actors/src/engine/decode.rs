@@ -185,14 +185,15 @@ impl LogitRules {
             mask(0..tb);
             mask(tb + MAX_INITIAL_TIMESTAMP_INDEX as usize + 1..usize::MAX);
         }
-        let logprobs = log_softmax(logits);
-        if logprobs.len() > tb {
-            let timestamp_logprob = log_sum_exp(&logprobs[tb..]);
-            let max_text = logprobs[..tb]
+        // Timestamps together more likely than the best text token: force a timestamp. The
+        // softmax normaliser cancels, so compare in logit space without allocating.
+        if logits.len() > tb {
+            let timestamp_mass = log_sum_exp(&logits[tb..]);
+            let best_text = logits[..tb]
                 .iter()
                 .copied()
                 .fold(f32::NEG_INFINITY, f32::max);
-            if timestamp_logprob > max_text {
+            if timestamp_mass > best_text {
                 for value in &mut logits[..tb] {
                     *value = f32::NEG_INFINITY;
                 }
@@ -204,9 +205,9 @@ impl LogitRules {
 /// Picks the next token: the most likely at temperature 0, else a sample. Returns the token
 /// and its log-probability under the (rule-filtered) distribution.
 fn choose(logits: &[f32], temperature: f32, rng: &mut Rng) -> (u32, f32) {
-    let logprobs = log_softmax(logits);
+    let normaliser = log_sum_exp(logits);
     let token = if temperature <= 0.0 {
-        logprobs
+        logits
             .iter()
             .enumerate()
             .max_by(|a, b| a.1.total_cmp(b.1))
@@ -228,10 +229,10 @@ fn choose(logits: &[f32], temperature: f32, rng: &mut Rng) -> (u32, f32) {
         }
         pick
     };
-    (
-        token as u32,
-        logprobs.get(token).copied().unwrap_or(f32::NEG_INFINITY),
-    )
+    let logprob = logits
+        .get(token)
+        .map_or(f32::NEG_INFINITY, |l| l - normaliser);
+    (token as u32, logprob)
 }
 
 /// Everything a window decode needs besides the audio.
