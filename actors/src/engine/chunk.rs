@@ -123,6 +123,9 @@ mod tests {
         );
         let samples = vec![0.5f32; 40 * SAMPLE_RATE];
         let cut = find_cut(&samples, 20 * SAMPLE_RATE, 30 * SAMPLE_RATE);
-        assert!(cut >= 20 * SAMPLE_RATE && cut <= 30 * SAMPLE_RATE, "{cut}");
+        assert!(
+            (20 * SAMPLE_RATE..=30 * SAMPLE_RATE).contains(&cut),
+            "{cut}"
+        );
     }
 }
