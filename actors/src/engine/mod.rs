@@ -434,6 +434,25 @@ impl Engine {
     /// openai-whisper's rule (probably no speech and improbable text), plus: a window the
     /// model is nearly sure holds no speech is skipped even when its text looks probable,
     /// because that text is a hallucination on noise (fluent, repetitive, confident).
+    /// The decoder for the windows of `audio`, with their start-of-transcript sequence, and
+    /// the language (detected here on the first window if not known yet).
+    fn window_decoder(
+        &self,
+        audio: &model::AudioContext,
+        options: &TranscribeOptions,
+        run: &mut RunState,
+        rules: &LogitRules,
+    ) -> Result<(WindowDecoder<'_>, String), EngineError> {
+        let (sot_sequence, code) = self.sot_sequence(audio, options, run)?;
+        let decoder = WindowDecoder {
+            model: &self.model,
+            rules: rules.clone(),
+            sot_sequence,
+            tokenizer: &self.tokenizer,
+        };
+        Ok((decoder, code))
+    }
+
     fn skip_as_silent(result: &WindowResult, policy: &FallbackPolicy) -> bool {
         let Some(threshold) = policy.no_speech_threshold else {
             return false;
@@ -476,18 +495,12 @@ impl Engine {
             let time_offset = (seek * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
             let segment_duration = segment_frames as f64 * HOP_LENGTH as f64 / SAMPLE_RATE as f64;
 
-            let encode_start = Instant::now();
-            let audio = self.model.encode(mel.clone(), 1)?;
-            run.stats.encode_seconds += encode_start.elapsed().as_secs_f64();
+            let audio = timed(&mut run.stats.encode_seconds, || {
+                self.model.encode(mel.clone(), 1)
+            })?;
             run.stats.windows += 1;
-
-            let (sot_sequence, code) = self.sot_sequence(&audio, options, run)?;
-            let decoder = WindowDecoder {
-                model: &self.model,
-                rules: rules.clone(),
-                sot_sequence: sot_sequence.clone(),
-                tokenizer: &self.tokenizer,
-            };
+            let (decoder, code) = self.window_decoder(&audio, options, run, &rules)?;
+            let sot_sequence = &decoder.sot_sequence;
             let decode_start = Instant::now();
             let prompt = &all_tokens[prompt_reset_since.min(all_tokens.len())..];
             let result =
@@ -513,7 +526,7 @@ impl Engine {
                         &self.model,
                         &self.tokenizer,
                         &audio,
-                        &sot_sequence,
+                        sot_sequence,
                         std::slice::from_ref(&item),
                         &code,
                     )?
@@ -612,18 +625,12 @@ impl Engine {
                 break;
             }
 
-            let encode_start = Instant::now();
-            let audio = self.model.encode_each(mels)?;
-            run.stats.encode_seconds += encode_start.elapsed().as_secs_f64();
+            let audio = timed(&mut run.stats.encode_seconds, || {
+                self.model.encode_each(mels)
+            })?;
             run.stats.windows += chunks.len();
-
-            let (sot_sequence, code) = self.sot_sequence(&audio, options, run)?;
-            let decoder = WindowDecoder {
-                model: &self.model,
-                rules: rules.clone(),
-                sot_sequence: sot_sequence.clone(),
-                tokenizer: &self.tokenizer,
-            };
+            let (decoder, code) = self.window_decoder(&audio, options, run, &rules)?;
+            let sot_sequence = &decoder.sot_sequence;
             let decode_start = Instant::now();
             let temperatures = &options.fallback.temperatures;
             let first = temperatures.first().copied().unwrap_or(0.0);
@@ -686,7 +693,7 @@ impl Engine {
                     &self.model,
                     &self.tokenizer,
                     &audio,
-                    &sot_sequence,
+                    sot_sequence,
                     &align_items,
                     &code,
                 )?;
@@ -831,6 +838,14 @@ impl Engine {
             (segments, segment_frames, single_timestamp_ending)
         }
     }
+}
+
+/// Runs `work`, adding its wall time to `seconds`.
+fn timed<T>(seconds: &mut f64, work: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let result = work();
+    *seconds += start.elapsed().as_secs_f64();
+    result
 }
 
 /// Whether a segment's text has anything but punctuation and spaces ("...", "-" are what
