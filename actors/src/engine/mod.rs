@@ -278,11 +278,6 @@ impl Engine {
         &self.tokenizer
     }
 
-    /// Log-mel of one window (for tests against a reference implementation).
-    pub fn mel_front_end(&self) -> &MelFrontEnd {
-        &self.mel
-    }
-
     fn language_token(&self, code: &str) -> Result<u32, EngineError> {
         self.manifest()
             .languages
@@ -679,16 +674,14 @@ impl Engine {
                 per_chunk.push(segments);
             }
             if options.word_timestamps {
-                let items: Vec<(align::AlignItem, Vec<usize>)> = results
+                let (align_items, counts): (Vec<align::AlignItem>, Vec<Vec<usize>>) = results
                     .iter()
                     .zip(&per_chunk)
                     .zip(&chunks)
                     .map(|((result, segments), (_, len))| {
                         self.align_item(result, segments, len / HOP_LENGTH)
                     })
-                    .collect();
-                let align_items: Vec<align::AlignItem> =
-                    items.iter().map(|(item, _)| item.clone()).collect();
+                    .unzip();
                 let timings = align::align_batch(
                     &self.model,
                     &self.tokenizer,
@@ -697,8 +690,8 @@ impl Engine {
                     &align_items,
                     &code,
                 )?;
-                for (((segments, (_, counts)), timings), (start, len)) in
-                    per_chunk.iter_mut().zip(&items).zip(&timings).zip(&chunks)
+                for (((segments, counts), timings), (start, len)) in
+                    per_chunk.iter_mut().zip(&counts).zip(&timings).zip(&chunks)
                 {
                     let offset = *start as f64 / SAMPLE_RATE as f64;
                     let end = (*start + *len) as f64 / SAMPLE_RATE as f64;
