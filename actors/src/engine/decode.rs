@@ -202,6 +202,25 @@ impl LogitRules {
     }
 }
 
+/// Masks end-of-text while a window that has produced text has not yet reached timestamp
+/// index `until` (the end of its audible part), unless nothing else is allowed.
+fn forbid_early_end(row: &mut [f32], sampled: &[u32], until: u32, t: &SpecialTokens) {
+    let has_text = sampled.iter().any(|x| *x < t.eot);
+    let last_time = sampled
+        .iter()
+        .rev()
+        .find(|x| **x >= t.timestamp_begin)
+        .map_or(0, |x| x - t.timestamp_begin);
+    let eot = t.eot as usize;
+    if has_text && last_time < until && eot < row.len() {
+        let saved = row[eot];
+        row[eot] = f32::NEG_INFINITY;
+        if row.iter().all(|x| !x.is_finite()) {
+            row[eot] = saved;
+        }
+    }
+}
+
 /// Picks the next token: the most likely at temperature 0, else a sample. Returns the token
 /// and its log-probability under the (rule-filtered) distribution.
 fn choose(logits: &[f32], temperature: f32, rng: &mut Rng) -> (u32, f32) {
@@ -246,19 +265,6 @@ pub struct WindowDecoder<'a> {
 }
 
 impl WindowDecoder<'_> {
-    /// Decodes `audio` (batch of 1) once at `temperature` after `prompt` (previous text).
-    pub fn decode_once(
-        &self,
-        audio: &AudioContext,
-        prompt: &[u32],
-        temperature: f32,
-        rng: &mut Rng,
-    ) -> Result<WindowResult, EngineError> {
-        self.decode_batch(audio, prompt, &[None], temperature, rng)?
-            .pop()
-            .ok_or_else(|| EngineError::Runtime("decoder returned no sequence".into()))
-    }
-
     /// Decodes every window of `audio` in lock-step, all after the same `prompt`. The
     /// decoder reads its weights once per step for the whole batch, so a batch of windows
     /// costs little more than one.
@@ -343,20 +349,7 @@ impl WindowDecoder<'_> {
                     .flatten()
                     .filter(|_| speech_likely)
                 {
-                    let has_text = sampled[k].iter().any(|x| *x < t.eot);
-                    let last_time = sampled[k]
-                        .iter()
-                        .rev()
-                        .find(|x| **x >= t.timestamp_begin)
-                        .map_or(0, |x| x - t.timestamp_begin);
-                    let eot = t.eot as usize;
-                    if has_text && last_time < until && eot < row.len() {
-                        let saved = row[eot];
-                        row[eot] = f32::NEG_INFINITY;
-                        if row.iter().all(|x| !x.is_finite()) {
-                            row[eot] = saved;
-                        }
-                    }
+                    forbid_early_end(row, &sampled[k], until, t);
                 }
                 let (token, logprob) = choose(row, temperature, rng);
                 sum_logprob[k] += f64::from(logprob);
@@ -411,25 +404,37 @@ impl WindowDecoder<'_> {
         !silent && (too_repetitive || too_improbable)
     }
 
-    /// Decodes with the fallback policy: retries at rising temperatures while the result
-    /// looks like a repetition loop (high compression ratio) or is improbable, unless the
-    /// window is probably silent.
+    /// Decodes with the fallback policy: every window at the first temperature, then the
+    /// batch again at each higher temperature while some window still looks like a
+    /// repetition loop (high compression ratio) or improbable text, unless it is probably
+    /// silent. Each window keeps its first acceptable result, else the last one tried. A
+    /// batched step costs about what a single one does, so the whole batch is redone.
     pub fn decode_with_fallback(
         &self,
         audio: &AudioContext,
         prompt: &[u32],
+        speech_until: &[Option<u32>],
         policy: &FallbackPolicy,
         rng: &mut Rng,
-    ) -> Result<WindowResult, EngineError> {
-        let mut last = None;
-        for temperature in &policy.temperatures {
-            let result = self.decode_once(audio, prompt, *temperature, rng)?;
-            if !Self::needs_fallback(&result, policy) {
-                return Ok(result);
+    ) -> Result<Vec<WindowResult>, EngineError> {
+        let mut temperatures = policy.temperatures.iter();
+        let first = temperatures
+            .next()
+            .ok_or_else(|| EngineError::InvalidOption("no temperatures to decode with".into()))?;
+        let mut results = self.decode_batch(audio, prompt, speech_until, *first, rng)?;
+        for temperature in temperatures {
+            let pending: Vec<usize> = (0..results.len())
+                .filter(|k| Self::needs_fallback(&results[*k], policy))
+                .collect();
+            if pending.is_empty() {
+                break;
             }
-            last = Some(result);
+            let mut retry = self.decode_batch(audio, prompt, speech_until, *temperature, rng)?;
+            for k in pending {
+                std::mem::swap(&mut results[k], &mut retry[k]);
+            }
         }
-        last.ok_or_else(|| EngineError::InvalidOption("no temperatures to decode with".into()))
+        Ok(results)
     }
 }
 

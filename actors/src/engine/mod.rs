@@ -231,10 +231,15 @@ impl SampleWindow {
         if drop == 0 {
             return;
         }
-        let mut history: Vec<f32> = self.history.clone();
-        history.extend_from_slice(&self.buffer[..drop]);
-        let keep = history.len().saturating_sub(N_FFT / 2);
-        self.history = history.split_off(keep);
+        let half = N_FFT / 2;
+        if drop >= half {
+            self.history.clear();
+        } else {
+            let stale = (self.history.len() + drop).saturating_sub(half);
+            self.history.drain(..stale.min(self.history.len()));
+        }
+        self.history
+            .extend_from_slice(&self.buffer[drop.saturating_sub(half)..drop]);
         self.buffer.drain(..drop);
         self.start += drop;
     }
@@ -426,9 +431,6 @@ impl Engine {
         Ok((sequence, code))
     }
 
-    /// openai-whisper's rule (probably no speech and improbable text), plus: a window the
-    /// model is nearly sure holds no speech is skipped even when its text looks probable,
-    /// because that text is a hallucination on noise (fluent, repetitive, confident).
     /// The decoder for the windows of `audio`, with their start-of-transcript sequence, and
     /// the language (detected here on the first window if not known yet).
     fn window_decoder(
@@ -448,6 +450,9 @@ impl Engine {
         Ok((decoder, code))
     }
 
+    /// openai-whisper's rule (probably no speech and improbable text), plus: a window the
+    /// model is nearly sure holds no speech is skipped even when its text looks probable,
+    /// because that text is a hallucination on noise (fluent, repetitive, confident).
     fn skip_as_silent(result: &WindowResult, policy: &FallbackPolicy) -> bool {
         let Some(threshold) = policy.no_speech_threshold else {
             return false;
@@ -498,8 +503,10 @@ impl Engine {
             let sot_sequence = &decoder.sot_sequence;
             let decode_start = Instant::now();
             let prompt = &all_tokens[prompt_reset_since.min(all_tokens.len())..];
-            let result =
-                decoder.decode_with_fallback(&audio, prompt, &options.fallback, &mut run.rng)?;
+            let result = decoder
+                .decode_with_fallback(&audio, prompt, &[None], &options.fallback, &mut run.rng)?
+                .pop()
+                .ok_or_else(|| EngineError::Runtime("decoder returned no sequence".into()))?;
             run.stats.decode_seconds += decode_start.elapsed().as_secs_f64();
             run.stats.decoded_tokens += result.tokens.len() + 1;
 
@@ -627,29 +634,13 @@ impl Engine {
             let (decoder, code) = self.window_decoder(&audio, options, run, &rules)?;
             let sot_sequence = &decoder.sot_sequence;
             let decode_start = Instant::now();
-            let temperatures = &options.fallback.temperatures;
-            let first = temperatures.first().copied().unwrap_or(0.0);
-            let mut results =
-                decoder.decode_batch(&audio, &run.prompt, &speech_until, first, &mut run.rng)?;
-            for temperature in temperatures.iter().skip(1) {
-                let pending: Vec<usize> = (0..results.len())
-                    .filter(|k| WindowDecoder::needs_fallback(&results[*k], &options.fallback))
-                    .collect();
-                if pending.is_empty() {
-                    break;
-                }
-                // Redo the whole batch: a batched step costs about what a single one does.
-                let mut retry = decoder.decode_batch(
-                    &audio,
-                    &run.prompt,
-                    &speech_until,
-                    *temperature,
-                    &mut run.rng,
-                )?;
-                for k in pending {
-                    results[k] = std::mem::replace(&mut retry[k], results[k].clone());
-                }
-            }
+            let results = decoder.decode_with_fallback(
+                &audio,
+                &run.prompt,
+                &speech_until,
+                &options.fallback,
+                &mut run.rng,
+            )?;
             run.stats.decode_seconds += decode_start.elapsed().as_secs_f64();
             run.stats.decoded_tokens += results.iter().map(|r| r.tokens.len() + 1).sum::<usize>();
 

@@ -99,7 +99,7 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Approximate parameter count, for `model list`.
+    /// One line about the model's shape and precision, for `model list`.
     pub fn describe(&self) -> String {
         format!(
             "{} layers+{} layers, d={}, {} mels, {}, {}",
