@@ -6,7 +6,7 @@ MODELS ?= base tiny.en
 BIN := target/release/ytcaption
 SAMPLE_TEXT := Self hosted transcription turns long recordings into searchable text and captions.
 
-.PHONY: demo test model fixtures build lint bench fuzz clean-fixtures
+.PHONY: demo test model fixtures test-env build lint bench fuzz clean-fixtures
 
 ## The main job on a bundled sample: a human clip and a spoken sentence, as text and SRT.
 demo: model build
@@ -23,8 +23,12 @@ test: model build fixtures
 model:
 	deploy/model/install.sh $(MODELS)
 
-fixtures:
+fixtures: test-env
 	tests/fixtures/make.sh
+
+test-env:
+	deploy/test-env/install.sh
+
 
 build:
 	$(CARGO) build --release -p ytcaption
