@@ -1,0 +1,678 @@
+//! The job model: what a client asks for ([`JobSpec`]), the saga's durable [`Event`]s, and the
+//! [`JobState`] folded from them.
+//!
+//! A job's state is never written directly: the JobManager appends events, and the state is
+//! `events.fold(JobState::new, JobState::apply)`. The node keeps the folded state next to the
+//! events only as a cache for reads; replaying the events always gives the same state.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Format;
+
+/// A job's id: 12 hex digits of milliseconds since the epoch, then 12 random hex digits, so
+/// ids sort by creation time (cursor pagination walks them in order) and never collide in
+/// practice (48 random bits per millisecond).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    pub const LEN: usize = 24;
+
+    /// A fresh id for a job created at `now_ms`, with 48 bits of `random`.
+    pub fn new(now_ms: u64, random: u64) -> JobId {
+        JobId(format!(
+            "{:012x}{:012x}",
+            now_ms & 0xffff_ffff_ffff,
+            random & 0xffff_ffff_ffff
+        ))
+    }
+
+    /// Parses a client-supplied id; `None` unless it is exactly 24 lowercase hex digits, so a
+    /// malformed id can be answered with 404 before it reaches storage keys or the database.
+    pub fn parse(text: &str) -> Option<JobId> {
+        let ok = text.len() == Self::LEN
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        ok.then(|| JobId(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The creation time encoded in the id.
+    pub fn created_ms(&self) -> u64 {
+        u64::from_str_radix(&self.0[..12], 16).unwrap_or(0)
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a job's media comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A direct media URL or a page yt-dlp understands (YouTube and others).
+    Url { url: String },
+    /// A file uploaded with the request, already in storage under `key`.
+    Upload {
+        key: String,
+        filename: String,
+        bytes: u64,
+    },
+}
+
+/// Transcribe in the spoken language, or translate into English.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    #[default]
+    Transcribe,
+    Translate,
+}
+
+impl Task {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Transcribe => "transcribe",
+            Task::Translate => "translate",
+        }
+    }
+}
+
+/// What a client asked for. Immutable once accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub source: Source,
+    /// An ISO 639-1 code, or `None` to detect it.
+    #[serde(default)]
+    pub language: Option<String>,
+    #[serde(default)]
+    pub task: Task,
+    /// A model name from the models directory, or `None` for the node's default.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Formats stored when the job completes (any other is rendered on request).
+    pub formats: Vec<Format>,
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default = "yes")]
+    pub word_timestamps: bool,
+    /// The API key id that submitted the job (`anonymous` without keys).
+    pub owner: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The saga's steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Download,
+    Transcribe,
+    Store,
+    Notify,
+}
+
+impl Step {
+    pub const ALL: [Step; 4] = [Step::Download, Step::Transcribe, Step::Store, Step::Notify];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Download => "download",
+            Step::Transcribe => "transcribe",
+            Step::Store => "store",
+            Step::Notify => "notify",
+        }
+    }
+
+    /// The stage a job is in while this step runs.
+    pub fn stage(self) -> Stage {
+        match self {
+            Step::Download => Stage::Downloading,
+            Step::Transcribe => Stage::Transcribing,
+            Step::Store => Stage::Storing,
+            Step::Notify => Stage::Notifying,
+        }
+    }
+
+    fn next(self) -> Option<Step> {
+        match self {
+            Step::Download => Some(Step::Transcribe),
+            Step::Transcribe => Some(Step::Store),
+            Step::Store => Some(Step::Notify),
+            Step::Notify => None,
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a job is: one of the saga's stages or a terminal state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Accepted,
+    Downloading,
+    Transcribing,
+    Storing,
+    Notifying,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 8] = [
+        Stage::Accepted,
+        Stage::Downloading,
+        Stage::Transcribing,
+        Stage::Storing,
+        Stage::Notifying,
+        Stage::Completed,
+        Stage::Failed,
+        Stage::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Accepted => "accepted",
+            Stage::Downloading => "downloading",
+            Stage::Transcribing => "transcribing",
+            Stage::Storing => "storing",
+            Stage::Notifying => "notifying",
+            Stage::Completed => "completed",
+            Stage::Failed => "failed",
+            Stage::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|stage| stage.as_str() == text)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Stage::Completed | Stage::Failed | Stage::Cancelled)
+    }
+}
+
+/// Why a step or a job failed: a stable machine-readable code (`download.http_status`,
+/// `media.no_audio`, ...) and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    pub code: String,
+    pub message: String,
+}
+
+impl Reason {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Reason {
+        Reason {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// A notification channel of the notify step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Webhook,
+    Email,
+}
+
+/// What a step produced; recorded in its success event so that a resumed saga never redoes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutput {
+    Downloaded {
+        media_key: String,
+        bytes: u64,
+        #[serde(default)]
+        title: Option<String>,
+    },
+    Transcribed {
+        transcript_key: String,
+        duration_s: f64,
+        language: String,
+        engine_ms: u64,
+        segments: u64,
+    },
+    Stored {
+        /// Format -> storage key.
+        formats: BTreeMap<Format, String>,
+    },
+    Notified,
+}
+
+/// One durable fact about a job. Times are milliseconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Accepted {
+        spec: JobSpec,
+        at: u64,
+    },
+    StepStarted {
+        step: Step,
+        attempt: u32,
+        at: u64,
+    },
+    StepSucceeded {
+        step: Step,
+        output: StepOutput,
+        at: u64,
+    },
+    /// An attempt failed; `retry_at` is when the next attempt may start, `None` when the
+    /// failure is final (a `Failed` event follows).
+    StepFailed {
+        step: Step,
+        attempt: u32,
+        reason: Reason,
+        retry_at: Option<u64>,
+        at: u64,
+    },
+    /// One notification was delivered: after a crash it is never sent again.
+    Delivered {
+        channel: Channel,
+        attempt: u32,
+        at: u64,
+    },
+    /// One notification could not be delivered within its retry window.
+    GaveUp {
+        channel: Channel,
+        reason: Reason,
+        at: u64,
+    },
+    Failed {
+        reason: Reason,
+        at: u64,
+    },
+    CancelRequested {
+        at: u64,
+    },
+    Cancelled {
+        at: u64,
+    },
+    Completed {
+        at: u64,
+    },
+    /// A client asked to run a failed or cancelled job again from its first unfinished step.
+    RetryRequested {
+        at: u64,
+    },
+    /// The job's data was removed (retention or `DELETE`); only this tombstone remains.
+    Deleted {
+        at: u64,
+        why: String,
+    },
+}
+
+impl Event {
+    pub fn at(&self) -> u64 {
+        match self {
+            Event::Accepted { at, .. }
+            | Event::StepStarted { at, .. }
+            | Event::StepSucceeded { at, .. }
+            | Event::StepFailed { at, .. }
+            | Event::Delivered { at, .. }
+            | Event::GaveUp { at, .. }
+            | Event::Failed { at, .. }
+            | Event::CancelRequested { at }
+            | Event::Cancelled { at }
+            | Event::Completed { at }
+            | Event::RetryRequested { at }
+            | Event::Deleted { at, .. } => *at,
+        }
+    }
+
+    /// A short name for logs and the event stream.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Accepted { .. } => "accepted",
+            Event::StepStarted { .. } => "step_started",
+            Event::StepSucceeded { .. } => "step_succeeded",
+            Event::StepFailed { .. } => "step_failed",
+            Event::Delivered { .. } => "delivered",
+            Event::GaveUp { .. } => "gave_up",
+            Event::Failed { .. } => "failed",
+            Event::CancelRequested { .. } => "cancel_requested",
+            Event::Cancelled { .. } => "cancelled",
+            Event::Completed { .. } => "completed",
+            Event::RetryRequested { .. } => "retry_requested",
+            Event::Deleted { .. } => "deleted",
+        }
+    }
+}
+
+/// The state of one job: the fold of its events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobState {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub stage: Stage,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub finished_at: Option<u64>,
+    /// Attempts of each step in the current run (reset by a retry request).
+    pub attempts: BTreeMap<Step, u32>,
+    /// When the running step's current attempt started.
+    pub step_started_at: Option<u64>,
+    /// Milliseconds each completed step took (its successful attempt).
+    pub timings: BTreeMap<Step, u64>,
+    pub outputs: BTreeMap<Step, StepOutput>,
+    /// The last step failure (while retrying) or the final one.
+    pub error: Option<Reason>,
+    pub next_retry_at: Option<u64>,
+    pub delivered: Vec<Channel>,
+    pub gave_up: Vec<Channel>,
+    pub cancel_requested: bool,
+    pub deleted: bool,
+    /// Number of events folded so far: the next event's sequence number.
+    pub events: u64,
+}
+
+impl JobState {
+    /// The state after the `Accepted` event.
+    pub fn new(id: JobId, spec: JobSpec, at: u64) -> JobState {
+        JobState {
+            id,
+            spec,
+            stage: Stage::Accepted,
+            created_at: at,
+            updated_at: at,
+            finished_at: None,
+            attempts: BTreeMap::new(),
+            step_started_at: None,
+            timings: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+            error: None,
+            next_retry_at: None,
+            delivered: Vec::new(),
+            gave_up: Vec::new(),
+            cancel_requested: false,
+            deleted: false,
+            events: 1,
+        }
+    }
+
+    /// Folds one more event into the state. Events that make no sense in the current state
+    /// (a late step result after a cancel, say) change nothing but the event count, so a
+    /// replay never fails.
+    pub fn apply(&mut self, event: &Event) {
+        self.events += 1;
+        self.updated_at = self.updated_at.max(event.at());
+        if self.deleted {
+            return;
+        }
+        let terminal = self.stage.is_terminal();
+        match event {
+            Event::Accepted { .. } => {}
+            Event::StepStarted { step, attempt, at } if !terminal => {
+                self.stage = step.stage();
+                self.attempts.insert(*step, *attempt);
+                self.step_started_at = Some(*at);
+                self.next_retry_at = None;
+            }
+            Event::StepSucceeded { step, output, at } if !terminal => {
+                if let Some(started) = self.step_started_at.take() {
+                    self.timings.insert(*step, at.saturating_sub(started));
+                }
+                self.outputs.insert(*step, output.clone());
+                self.error = None;
+            }
+            Event::StepFailed {
+                reason, retry_at, ..
+            } if !terminal => {
+                self.step_started_at = None;
+                self.error = Some(reason.clone());
+                self.next_retry_at = *retry_at;
+            }
+            Event::Delivered { channel, .. } => {
+                if !self.delivered.contains(channel) {
+                    self.delivered.push(*channel);
+                }
+            }
+            Event::GaveUp { channel, .. } => {
+                if !self.gave_up.contains(channel) {
+                    self.gave_up.push(*channel);
+                }
+            }
+            Event::Failed { reason, at } if !terminal => {
+                self.stage = Stage::Failed;
+                self.error = Some(reason.clone());
+                self.finish(*at);
+            }
+            Event::CancelRequested { .. } if !terminal => self.cancel_requested = true,
+            Event::Cancelled { at } if !terminal => {
+                self.stage = Stage::Cancelled;
+                self.finish(*at);
+            }
+            Event::Completed { at } if !terminal => {
+                self.stage = Stage::Completed;
+                self.error = None;
+                self.finish(*at);
+            }
+            Event::RetryRequested { .. } if matches!(self.stage, Stage::Failed | Stage::Cancelled) => {
+                self.stage = self.resume_stage();
+                self.attempts.clear();
+                self.error = None;
+                self.finished_at = None;
+                self.cancel_requested = false;
+                self.next_retry_at = None;
+            }
+            Event::Deleted { at, .. } => {
+                self.deleted = true;
+                self.finished_at.get_or_insert(*at);
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self, at: u64) {
+        self.finished_at = Some(at);
+        self.step_started_at = None;
+        self.next_retry_at = None;
+    }
+
+    /// The stage shown for a job that will next run [`Self::next_step`].
+    fn resume_stage(&self) -> Stage {
+        if self.outputs.is_empty() {
+            Stage::Accepted
+        } else {
+            self.next_step().map_or(Stage::Notifying, Step::stage)
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.stage.is_terminal() || self.deleted
+    }
+
+    /// The first step without a recorded output: where the saga resumes.
+    pub fn next_step(&self) -> Option<Step> {
+        let mut step = Some(Step::Download);
+        while let Some(current) = step {
+            if !self.outputs.contains_key(&current) {
+                return Some(current);
+            }
+            step = current.next();
+        }
+        None
+    }
+
+    /// The current attempt number of `step` (0 before its first attempt).
+    pub fn attempt(&self, step: Step) -> u32 {
+        self.attempts.get(&step).copied().unwrap_or(0)
+    }
+
+    /// The storage key of the media, once downloaded.
+    pub fn media_key(&self) -> Option<&str> {
+        match self.outputs.get(&Step::Download) {
+            Some(StepOutput::Downloaded { media_key, .. }) => Some(media_key),
+            _ => None,
+        }
+    }
+
+    /// The storage key of the JSON transcript, once transcribed.
+    pub fn transcript_key(&self) -> Option<&str> {
+        match self.outputs.get(&Step::Transcribe) {
+            Some(StepOutput::Transcribed { transcript_key, .. }) => Some(transcript_key),
+            _ => None,
+        }
+    }
+
+    /// The audio duration, once transcribed.
+    pub fn duration_s(&self) -> Option<f64> {
+        match self.outputs.get(&Step::Transcribe) {
+            Some(StepOutput::Transcribed { duration_s, .. }) => Some(*duration_s),
+            _ => None,
+        }
+    }
+
+    /// The stored formats and their keys, once stored.
+    pub fn stored_formats(&self) -> Option<&BTreeMap<Format, String>> {
+        match self.outputs.get(&Step::Store) {
+            Some(StepOutput::Stored { formats }) => Some(formats),
+            _ => None,
+        }
+    }
+}
+
+/// Storage keys of a job's blobs. Everything a job stores lives under [`job_prefix`], so
+/// deleting a job is one prefix delete.
+pub fn job_prefix(id: &JobId) -> String {
+    format!("jobs/{id}/")
+}
+
+pub fn media_key(id: &JobId) -> String {
+    format!("jobs/{id}/media")
+}
+
+pub fn transcript_key(id: &JobId, format: Format) -> String {
+    format!("jobs/{id}/transcript.{}", format.extension())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            source: Source::Url {
+                url: "https://example.com/a.mp3".into(),
+            },
+            language: None,
+            task: Task::Transcribe,
+            model: None,
+            formats: vec![Format::Srt],
+            webhook_url: None,
+            email: None,
+            prompt: None,
+            word_timestamps: true,
+            owner: "anonymous".into(),
+        }
+    }
+
+    fn downloaded() -> StepOutput {
+        StepOutput::Downloaded {
+            media_key: "jobs/x/media".into(),
+            bytes: 10,
+            title: None,
+        }
+    }
+
+    #[test]
+    fn ids_sort_by_time_and_parse_strictly() {
+        let a = JobId::new(1_000, 0xffff_ffff_ffff);
+        let b = JobId::new(1_001, 0);
+        assert!(a < b);
+        assert_eq!(a.created_ms(), 1_000);
+        assert_eq!(JobId::parse(a.as_str()), Some(a));
+        assert_eq!(JobId::parse("../../etc/passwd"), None);
+        assert_eq!(JobId::parse("00000000000A000000000000"), None);
+        assert_eq!(JobId::parse(""), None);
+    }
+
+    #[test]
+    fn the_fold_walks_the_saga_and_resumes_at_the_first_missing_output() {
+        let mut state = JobState::new(JobId::new(1, 2), spec(), 10);
+        assert_eq!(state.next_step(), Some(Step::Download));
+        state.apply(&Event::StepStarted {
+            step: Step::Download,
+            attempt: 1,
+            at: 20,
+        });
+        assert_eq!(state.stage, Stage::Downloading);
+        state.apply(&Event::StepSucceeded {
+            step: Step::Download,
+            output: downloaded(),
+            at: 50,
+        });
+        assert_eq!(state.timings[&Step::Download], 30);
+        assert_eq!(state.next_step(), Some(Step::Transcribe));
+        assert_eq!(state.media_key(), Some("jobs/x/media"));
+        state.apply(&Event::StepFailed {
+            step: Step::Transcribe,
+            attempt: 1,
+            reason: Reason::new("x.y", "boom"),
+            retry_at: Some(99),
+            at: 60,
+        });
+        assert_eq!(state.next_retry_at, Some(99));
+        assert_eq!(state.error.as_ref().map(|r| r.code.as_str()), Some("x.y"));
+        state.apply(&Event::Failed {
+            reason: Reason::new("x.y", "boom"),
+            at: 70,
+        });
+        assert!(state.is_terminal());
+        // A late success after the terminal event changes nothing.
+        state.apply(&Event::StepSucceeded {
+            step: Step::Transcribe,
+            output: StepOutput::Notified,
+            at: 80,
+        });
+        assert_eq!(state.next_step(), Some(Step::Transcribe));
+        state.apply(&Event::RetryRequested { at: 90 });
+        assert_eq!(state.stage, Stage::Transcribing);
+        assert!(!state.is_terminal());
+        assert_eq!(state.attempt(Step::Transcribe), 0);
+        assert_eq!(state.events, 7);
+    }
+
+    #[test]
+    fn events_round_trip_through_json() {
+        let event = Event::Accepted {
+            spec: spec(),
+            at: 5,
+        };
+        let text = serde_json::to_string(&event).unwrap();
+        assert!(text.starts_with("{\"accepted\":"), "{text}");
+        let back: Event = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, event);
+    }
+}
