@@ -10,4 +10,5 @@
 pub mod engine;
 pub mod hub;
 pub mod store;
+pub mod supervisor;
 pub mod transcriber;
