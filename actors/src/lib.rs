@@ -7,8 +7,15 @@
 //! - [`store`]: the durable job log (sled, group commit).
 //! - [`hub`]: live job updates for watchers.
 
+pub mod downloader;
 pub mod engine;
 pub mod hub;
+pub mod job_manager;
+pub mod metrics;
+pub mod node;
+pub mod saga;
 pub mod store;
+pub mod storer;
 pub mod supervisor;
 pub mod transcriber;
+pub mod worker;

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use ytcaption_protocol::{Event, JobId, JobState, Stage};
 
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 
 /// Requests folded into one batch and one fsync at most.
 pub const MAX_BATCH: usize = 1024;
@@ -98,19 +99,24 @@ pub struct ListFilter {
 
 impl Store {
     /// Opens (or creates) the log at `dir`. `queue` bounds the writes waiting for the writer.
-    pub fn open(dir: &Path, queue: usize, hub: Arc<Hub>) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path, queue: usize, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(16 << 20)
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let tree = db.open_tree("jobs")?;
+        for entry in tree.scan_prefix(b"j/") {
+            let (key, value) = entry?;
+            let state: JobState = decode(&key, &value)?;
+            metrics.transition(None, visible_stage(&state));
+        }
         let (writer, requests) = mpsc::sync_channel(queue.max(1));
         let thread_tree = tree.clone();
         let thread_db = db.clone();
         thread::Builder::new()
             .name("job-log".into())
-            .spawn(move || write_loop(thread_db, thread_tree, requests, hub))
+            .spawn(move || write_loop(thread_db, thread_tree, requests, hub, metrics))
             .map_err(|error| sled::Error::Io(error))?;
         Ok(Store { tree, db, writer })
     }
@@ -313,7 +319,13 @@ enum Answer {
 }
 
 /// The writer thread: batch, write, fsync, answer, publish; until every [`Store`] is dropped.
-fn write_loop(db: sled::Db, tree: sled::Tree, requests: Receiver<Op>, hub: Arc<Hub>) {
+fn write_loop(
+    db: sled::Db,
+    tree: sled::Tree,
+    requests: Receiver<Op>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+) {
     let mut stopped = None;
     while let Ok(first) = requests.recv() {
         let mut ops = vec![first];
@@ -334,10 +346,12 @@ fn write_loop(db: sled::Db, tree: sled::Tree, requests: Receiver<Op>, hub: Arc<H
             tree: &tree,
             writes: sled::Batch::default(),
             states: HashMap::new(),
+            before: HashMap::new(),
             keys: HashMap::new(),
             dirty: false,
         };
         let answers: Vec<Answer> = ops.into_iter().map(|op| batch.apply(op)).collect();
+        let before = std::mem::take(&mut batch.before);
         let changed: Vec<JobState> = batch.states.values().cloned().collect();
         let written = if batch.dirty {
             tree.apply_batch(batch.writes)
@@ -359,6 +373,8 @@ fn write_loop(db: sled::Db, tree: sled::Tree, requests: Receiver<Op>, hub: Arc<H
         }
         if written.is_ok() {
             for state in changed {
+                let from = before.get(&state.id).copied().flatten();
+                metrics.transition(from, visible_stage(&state));
                 hub.publish_state(state);
             }
         } else {
@@ -375,6 +391,11 @@ fn write_loop(db: sled::Db, tree: sled::Tree, requests: Receiver<Op>, hub: Arc<H
     }
 }
 
+/// The stage a job counts under in the gauge; deleted jobs count nowhere.
+fn visible_stage(state: &JobState) -> Option<Stage> {
+    (!state.deleted).then_some(state.stage)
+}
+
 fn write_error(error: &str) -> StoreError {
     StoreError::Db(sled::Error::Unsupported(format!("batch write failed: {error}")))
 }
@@ -384,6 +405,8 @@ struct Batch<'a> {
     tree: &'a sled::Tree,
     writes: sled::Batch,
     states: HashMap<JobId, JobState>,
+    /// Each changed job's stage before this batch (`None`: new), for the jobs-by-state gauge.
+    before: HashMap<JobId, Option<Stage>>,
     /// Idempotency keys claimed earlier in this batch.
     keys: HashMap<Vec<u8>, JobId>,
     dirty: bool,
@@ -415,7 +438,9 @@ impl Batch<'_> {
         if let Some(state) = self.states.get(id) {
             return Ok(state.clone());
         }
-        read_state(self.tree, id)?.ok_or(StoreError::NotFound)
+        let state = read_state(self.tree, id)?.ok_or(StoreError::NotFound)?;
+        self.before.insert(id.clone(), visible_stage(&state));
+        Ok(state)
     }
 
     fn submit(
@@ -528,7 +553,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let job = state(1, "a");
         runtime().block_on(async {
-            let store = Store::open(dir.path(), 16, Arc::new(Hub::default())).unwrap();
+            let store = Store::open(dir.path(), 16, Arc::new(Hub::default()), Arc::default()).unwrap();
             store.submit(job.clone(), None, 0).await.unwrap();
             store
                 .append(
@@ -556,7 +581,7 @@ mod tests {
         });
         // Reopen: the state is there, and equals the fold of the events.
         runtime().block_on(async {
-            let store = Store::open(dir.path(), 16, Arc::new(Hub::default())).unwrap();
+            let store = Store::open(dir.path(), 16, Arc::new(Hub::default()), Arc::default()).unwrap();
             let cached = store.get(&job.id).unwrap().unwrap();
             let events = store.events(&job.id).unwrap();
             assert_eq!(events.len(), 3);
@@ -575,7 +600,7 @@ mod tests {
     fn idempotency_keys_return_the_first_job_even_within_one_batch() {
         let dir = tempfile::tempdir().unwrap();
         runtime().block_on(async {
-            let store = Store::open(dir.path(), 64, Arc::new(Hub::default())).unwrap();
+            let store = Store::open(dir.path(), 64, Arc::new(Hub::default()), Arc::default()).unwrap();
             let key = Some(("alice".to_owned(), "k1".to_owned()));
             let (first, second) = tokio::join!(
                 store.submit(state(1, "alice"), key.clone(), 60_000),
@@ -604,7 +629,7 @@ mod tests {
     fn listing_pages_newest_first_and_filters() {
         let dir = tempfile::tempdir().unwrap();
         runtime().block_on(async {
-            let store = Store::open(dir.path(), 64, Arc::new(Hub::default())).unwrap();
+            let store = Store::open(dir.path(), 64, Arc::new(Hub::default()), Arc::default()).unwrap();
             for n in 0..5 {
                 let owner = if n % 2 == 0 { "a" } else { "b" };
                 store.submit(state(n, owner), None, 0).await.unwrap();

@@ -1,42 +1,292 @@
-//! The Transcriber: owns the process's one loaded [`Engine`] and runs transcriptions on it.
+//! The Transcriber: runs the transcribe step on the Whisper [`Engine`].
 //!
-//! For now a plain struct shared behind an `Arc`; the actor wrapper (mailbox, pool,
-//! supervision) arrives with the node. Transcription is blocking CPU work: callers on an async
-//! runtime must run it on a blocking thread.
+//! Models are loaded once per process and shared by every Transcriber worker ([`Engines`]);
+//! a worker fetches the job's media from storage (or reads it in place from local storage),
+//! transcribes it on a blocking thread, and stores the JSON transcript under the job's key.
+//! The other formats are rendered from it by the Storage worker.
+//!
+//! Deadlines: the step stops itself at `max(min, duration * per_audio_second)` after it
+//! started (the duration read from the file's header), and at the saga's deadline.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use ytcaption_protocol::Transcript;
+use ytcaption_protocol::wire::{StepFailure, StepReply, StepRequest};
+use ytcaption_protocol::{Format, Step, StepOutput, Transcript};
 
 use crate::engine::audio::AudioSource;
-use crate::engine::{Engine, EngineError, Progress, Stats, TranscribeOptions};
+use crate::engine::model::find_runtime_library;
+use crate::engine::{resolve_model, Engine, EngineError, Progress, Stats, TranscribeOptions};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+use crate::worker::{Outcome, Work};
 
-/// A handle to a loaded engine; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Transcriber {
-    engine: Arc<Engine>,
+/// The process group of Transcriber workers.
+pub const ROLE: &str = "transcriber";
+
+/// Loaded models, shared by all Transcriber workers of a process.
+#[derive(Debug)]
+pub struct Engines {
+    models_dir: PathBuf,
+    threads: usize,
+    loaded: Mutex<HashMap<String, Arc<Engine>>>,
 }
 
-impl Transcriber {
-    pub fn new(engine: Engine) -> Self {
-        Transcriber {
-            engine: Arc::new(engine),
+impl Engines {
+    pub fn new(models_dir: PathBuf, threads: usize) -> Engines {
+        Engines {
+            models_dir,
+            threads,
+            loaded: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    pub fn models_dir(&self) -> &Path {
+        &self.models_dir
     }
 
-    /// Decodes and transcribes a media file.
-    pub fn transcribe_file(
-        &self,
-        path: &Path,
-        options: &TranscribeOptions,
-        progress: &mut dyn FnMut(Progress),
-    ) -> Result<(Transcript, Stats), EngineError> {
-        let source = AudioSource::open(path)?;
-        self.engine.transcribe(source, options, progress)
+    /// True once `name` is loaded.
+    pub fn is_loaded(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Engine>>> {
+        self.loaded.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The engine for a model name from the models directory, loading it on first use.
+    /// Blocking: call from a blocking thread.
+    pub fn get(&self, name: &str) -> Result<Arc<Engine>, EngineError> {
+        if let Some(engine) = self.lock().get(name) {
+            return Ok(engine.clone());
+        }
+        if !valid_model_name(name) {
+            return Err(EngineError::InvalidOption(format!(
+                "invalid model name {name:?}: use a name from `ytcaption model list`"
+            )));
+        }
+        let dir = resolve_model(name, &self.models_dir)?;
+        let runtime = find_runtime_library(&self.models_dir)?;
+        let engine = Arc::new(Engine::load(&dir, &runtime, self.threads)?);
+        // Two workers may load the same model at once; keep the first.
+        Ok(self.lock().entry(name.to_owned()).or_insert(engine).clone())
+    }
+}
+
+/// A model name as clients may give it: never a path.
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// Decodes and transcribes a media file on the calling (blocking) thread.
+pub fn transcribe_file(
+    engine: &Engine,
+    path: &Path,
+    options: &TranscribeOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Transcript, Stats), EngineError> {
+    let source = AudioSource::open(path)?;
+    engine.transcribe(source, options, progress)
+}
+
+/// The Transcriber's settings.
+#[derive(Debug, Clone)]
+pub struct TranscriberParams {
+    pub default_model: String,
+    pub batch_size: usize,
+    pub per_audio_second: f64,
+    pub min_timeout: Duration,
+    pub max_duration: Duration,
+    /// Where media fetched from remote storage is kept during a step.
+    pub spool: PathBuf,
+}
+
+/// The transcribe step.
+#[derive(Debug)]
+pub struct TranscribeWork {
+    pub engines: Arc<Engines>,
+    pub storage: Storage,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub params: TranscriberParams,
+}
+
+fn reply(request: &StepRequest, result: Result<StepOutput, StepFailure>) -> StepReply {
+    StepReply {
+        job_id: request.job_id.clone(),
+        step: Step::Transcribe,
+        result,
+        deliveries: Vec::new(),
+    }
+}
+
+/// A failure's reason code and retryability, from an engine error. Paths of temp files are
+/// not the client's business: messages name "the media" instead.
+fn engine_failure(error: &EngineError, media: &Path) -> StepFailure {
+    let message = error
+        .to_string()
+        .replace(&media.display().to_string(), "the media");
+    match error {
+        EngineError::Audio(audio) => StepFailure {
+            reason: ytcaption_protocol::Reason::new(audio.code(), message),
+            retryable: audio.retryable(),
+        },
+        EngineError::NoAudio => StepFailure::permanent("media.no_samples", message),
+        EngineError::InvalidOption(_) => StepFailure::permanent("request.invalid_option", message),
+        EngineError::ModelNotFound { .. } | EngineError::ModelFile { .. } => {
+            StepFailure::permanent("model.not_found", message)
+        }
+        EngineError::RuntimeMissing(_) => StepFailure::transient("engine.runtime_missing", message),
+        EngineError::Runtime(_) => StepFailure::transient("engine.runtime", message),
+        EngineError::Cancelled => StepFailure::transient("step.timeout", "transcription ran past its deadline"),
+    }
+}
+
+impl TranscribeWork {
+    /// The media as a local file: in place for local storage, else fetched into the spool.
+    /// The second value is a temp copy to remove afterwards.
+    async fn local_media(&self, request: &StepRequest) -> Result<(PathBuf, Option<PathBuf>), StepFailure> {
+        let Some(StepOutput::Downloaded { media_key, .. }) = request.input(Step::Download) else {
+            return Err(StepFailure::permanent("saga.missing_input", "transcribe ran before download"));
+        };
+        if let Some(path) = self.storage.local_path(media_key) {
+            return Ok((path, None));
+        }
+        let dest = self.params.spool.join(format!("{}.media", request.job_id));
+        self.storage
+            .get_to_file(media_key, &dest)
+            .await
+            .map_err(|error| StepFailure {
+                reason: ytcaption_protocol::Reason::new(error.code(), error.to_string()),
+                retryable: error.retryable(),
+            })?;
+        Ok((dest.clone(), Some(dest)))
+    }
+
+    async fn transcribe(&self, request: &StepRequest) -> Result<StepOutput, StepFailure> {
+        let (media, temp) = self.local_media(request).await?;
+        let result = self.transcribe_local(request, &media).await;
+        if let Some(temp) = temp {
+            let _ = tokio::fs::remove_file(temp).await;
+        }
+        let (transcript, stats) = result?;
+        let key = ytcaption_protocol::job::transcript_key(&request.job_id, Format::Json);
+        let body = Format::Json.render(&transcript).into_bytes();
+        self.storage
+            .put_bytes(&key, body, Format::Json.content_type())
+            .await
+            .map_err(|error| StepFailure {
+                reason: ytcaption_protocol::Reason::new(error.code(), error.to_string()),
+                retryable: error.retryable(),
+            })?;
+        if transcript.duration > 0.0 {
+            self.metrics.realtime_factor.observe(stats.total_seconds / transcript.duration);
+            self.metrics.audio_seconds.inc_by(transcript.duration as u64);
+        }
+        Ok(StepOutput::Transcribed {
+            transcript_key: key,
+            duration_s: transcript.duration,
+            language: transcript.language.clone(),
+            engine_ms: (stats.total_seconds * 1000.0) as u64,
+            segments: transcript.segments.len() as u64,
+        })
+    }
+
+    async fn transcribe_local(&self, request: &StepRequest, media: &Path) -> Result<(Transcript, Stats), StepFailure> {
+        let spec = &request.spec;
+        let model = spec.model.clone().unwrap_or_else(|| self.params.default_model.clone());
+        let cancel = Arc::new(AtomicBool::new(false));
+        let options = TranscribeOptions {
+            language: spec.language.clone(),
+            task: match spec.task {
+                ytcaption_protocol::Task::Transcribe => crate::engine::Task::Transcribe,
+                ytcaption_protocol::Task::Translate => crate::engine::Task::Translate,
+            },
+            initial_prompt: spec.prompt.clone(),
+            word_timestamps: spec.word_timestamps,
+            batch_size: self.params.batch_size,
+            cancel: Some(cancel.clone()),
+            ..TranscribeOptions::default()
+        };
+        let engines = self.engines.clone();
+        let hub = self.hub.clone();
+        let id = request.job_id.clone();
+        let media_path = media.to_path_buf();
+        let media = media.to_path_buf();
+        let params = self.params.clone();
+        let saga_deadline = request.deadline_ms;
+        let task = tokio::task::spawn_blocking(move || {
+            let engine = engines.get(&model)?;
+            let source = AudioSource::open(&media)?;
+            let started = Instant::now();
+            let limit = source.duration_hint().map(|seconds| {
+                params.min_timeout.max(Duration::from_secs_f64(seconds * params.per_audio_second))
+            });
+            if let Some(seconds) = source.duration_hint() {
+                if seconds > params.max_duration.as_secs_f64() {
+                    return Err(EngineError::InvalidOption(format!(
+                        "the media lasts {:.0} s, longer than this node's limit of {} s",
+                        seconds,
+                        params.max_duration.as_secs()
+                    )));
+                }
+            }
+            let mut report = |progress: Progress| {
+                if let Some(total) = progress.total.filter(|total| *total > 0.0) {
+                    hub.publish_progress(&id, (progress.done / total * 100.0) as f32);
+                }
+                let late = limit.is_some_and(|limit| started.elapsed() > limit)
+                    || crate::saga::now_ms() > saga_deadline;
+                if late {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            };
+            engine.transcribe(source, &options, &mut report)
+        });
+        match task.await {
+            Ok(result) => result.map_err(|error| engine_failure(&error, &media_path)),
+            Err(join) => Err(StepFailure::transient("engine.panic", format!("the transcription thread failed: {join}"))),
+        }
+    }
+}
+
+impl Work for TranscribeWork {
+    const ROLE: &'static str = ROLE;
+
+    async fn run(&self, request: StepRequest) -> Outcome {
+        let result = self.transcribe(&request).await;
+        let dependency_down = match &result {
+            Err(failure) if failure.retryable && failure.reason.code.starts_with("storage.") => {
+                Some(failure.reason.to_string())
+            }
+            _ => None,
+        };
+        Outcome {
+            reply: reply(&request, result),
+            dependency_down,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_are_names_not_paths() {
+        assert!(valid_model_name("base"));
+        assert!(valid_model_name("tiny.en-int8"));
+        for bad in ["", "../base", "/etc", ".hidden", "a/b", "a b"] {
+            assert!(!valid_model_name(bad), "{bad}");
+        }
     }
 }

@@ -36,6 +36,11 @@ pub struct StepRequest {
     pub delivered: Vec<crate::job::Channel>,
     /// The step's deadline, milliseconds since the epoch.
     pub deadline_ms: u64,
+    /// Notify step only: past this time a channel that still fails is given up.
+    #[serde(default)]
+    pub give_up_at_ms: Option<u64>,
+    /// The step's attempt limit: the last attempt gives up on what still fails.
+    pub max_attempts: u32,
 }
 
 impl StepRequest {
@@ -201,6 +206,8 @@ mod tests {
             )],
             delivered: vec![],
             deadline_ms: 123,
+            give_up_at_ms: None,
+            max_attempts: 3,
         }
     }
 

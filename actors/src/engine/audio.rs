@@ -161,6 +161,31 @@ pub enum AudioError {
     },
 }
 
+impl AudioError {
+    /// A stable reason code for job failures (`media.*`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AudioError::NotFound(_) => "media.not_found",
+            AudioError::IsDirectory(_) | AudioError::NotMedia(_) => "media.not_media",
+            AudioError::EmptyFile(_) => "media.empty",
+            AudioError::NoAudioTrack(_) => "media.no_audio_track",
+            AudioError::UnsupportedCodec { .. } => "media.unsupported_codec",
+            AudioError::Corrupt { .. } => "media.corrupt",
+            AudioError::NoSamples(_) => "media.no_samples",
+            AudioError::BadSampleRate { .. } => "media.bad_sample_rate",
+            AudioError::NeedsFfmpeg { .. } => "media.needs_ffmpeg",
+            AudioError::FfmpegFailed { .. } => "media.ffmpeg_failed",
+            AudioError::Resample { .. } => "media.resample",
+            AudioError::Io { .. } => "media.io",
+        }
+    }
+
+    /// True for problems of this machine (a missing ffmpeg, an i/o error) rather than of the file.
+    pub fn retryable(&self) -> bool {
+        matches!(self, AudioError::NeedsFfmpeg { .. } | AudioError::Io { .. })
+    }
+}
+
 /// A forward-only stream of 16 kHz mono f32 samples decoded from a file; memory stays bounded whatever the file length.
 #[derive(Debug)]
 pub struct AudioSource {

@@ -63,6 +63,8 @@ pub enum EngineError {
     InvalidOption(String),
     #[error("the audio holds no samples")]
     NoAudio,
+    #[error("transcription cancelled")]
+    Cancelled,
 }
 
 /// `transcribe` keeps the spoken language; `translate` renders it in English.
@@ -113,6 +115,19 @@ pub struct TranscribeOptions {
     /// Windows decoded side by side for audio longer than one window; 1 selects
     /// openai-whisper's sequential seek loop (each window conditioned on the last).
     pub batch_size: usize,
+    /// Set to stop between windows with [`EngineError::Cancelled`].
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl TranscribeOptions {
+    fn check_cancelled(&self) -> Result<(), EngineError> {
+        match &self.cancel {
+            Some(flag) if flag.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err(EngineError::Cancelled)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Default for TranscribeOptions {
@@ -126,6 +141,7 @@ impl Default for TranscribeOptions {
             fallback: FallbackPolicy::default(),
             seed: 0,
             batch_size: DEFAULT_BATCH_SIZE,
+            cancel: None,
         }
     }
 }
@@ -568,6 +584,7 @@ impl Engine {
                 done: (seek * HOP_LENGTH) as f64 / SAMPLE_RATE as f64,
                 total: run.total,
             });
+            options.check_cancelled()?;
         }
         Ok(window.start + window.buffer.len())
     }
@@ -701,6 +718,7 @@ impl Engine {
                 done: chunk_start as f64 / SAMPLE_RATE as f64,
                 total: run.total,
             });
+            options.check_cancelled()?;
         }
         Ok(chunk_start.max(window.start + window.buffer.len()))
     }

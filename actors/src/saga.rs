@@ -1,0 +1,477 @@
+//! The job saga: download -> transcribe -> store -> notify, driven step by step from the job
+//! log.
+//!
+//! One driver task runs per active job. Each turn it reads the job's state from the log (the
+//! fold of its events), decides the next move from that state alone, records the move as an
+//! event *before* acting on it, and records the outcome after. Because the state decides
+//! everything, a driver that starts after a crash, a restart or a retry request continues
+//! from the last completed step; a step that was running when the node died counts as one
+//! failed attempt and runs again (steps are idempotent, keyed by job id and step: same
+//! storage keys, same notification ids).
+//!
+//! Failures: a retryable failure waits `base * factor^(attempt-1)` (capped, with jitter) and
+//! tries again, up to the step's attempt limit; a permanent one (bad input) fails the job at
+//! once with the worker's reason code. "No worker available" (all of a role's workers backing
+//! off after failures) is not an attempt: the driver just waits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ractor::{ActorId, ActorRef};
+use tokio::sync::{watch, Notify};
+use ytcaption_protocol::wire::{StepReply, StepRequest};
+use ytcaption_protocol::{Channel, Event, JobId, JobState, Reason, Step, StepOutput};
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use crate::worker::WorkerMsg;
+
+/// Attempts and timeout of one step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepLimits {
+    pub attempts: u32,
+    pub timeout: Duration,
+}
+
+/// Retry backoff: `base * factor^(attempt-1)`, capped, +/- `jitter` (a fraction).
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub factor: f64,
+    pub cap: Duration,
+    pub jitter: f64,
+}
+
+impl Backoff {
+    pub fn delay(&self, attempt: u32, random: u64) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(30) as i32;
+        let raw = self.base.as_secs_f64() * self.factor.powi(exponent);
+        let capped = raw.min(self.cap.as_secs_f64());
+        // random in [0, 1) -> a factor in [1 - jitter, 1 + jitter)
+        let unit = (random >> 11) as f64 / (1u64 << 53) as f64;
+        let spread = 1.0 + self.jitter * (2.0 * unit - 1.0);
+        Duration::from_secs_f64((capped * spread).max(0.0))
+    }
+}
+
+/// The saga's limits, from the `jobs` section of the configuration.
+#[derive(Debug, Clone)]
+pub struct SagaParams {
+    pub download: StepLimits,
+    pub transcribe: StepLimits,
+    pub store: StepLimits,
+    pub notify: StepLimits,
+    /// Transcription deadline per second of audio, and its floor.
+    pub transcribe_per_audio_second: f64,
+    pub transcribe_min: Duration,
+    pub backoff: Backoff,
+    /// Notifications are retried until this long after the notify step first started.
+    pub notify_give_up_after: Duration,
+}
+
+impl SagaParams {
+    fn limits(&self, step: Step) -> StepLimits {
+        match step {
+            Step::Download => self.download,
+            Step::Transcribe => self.transcribe,
+            Step::Store => self.store,
+            Step::Notify => self.notify,
+        }
+    }
+}
+
+/// The process-group name of the workers that run `step`.
+pub fn role(step: Step) -> &'static str {
+    match step {
+        Step::Download => crate::downloader::ROLE,
+        Step::Transcribe => crate::transcriber::ROLE,
+        Step::Store => crate::storer::ROLE,
+        Step::Notify => crate::notifier::ROLE,
+    }
+}
+
+/// Picks an idle worker of a role: at most one step in flight per worker, so steps queue in
+/// their (durable) job, never in a worker's mailbox.
+#[derive(Debug, Default)]
+pub struct Placement {
+    busy: Mutex<HashMap<ActorId, usize>>,
+    freed: Notify,
+}
+
+/// A worker reserved for one step; released on drop.
+pub struct Lease {
+    placement: Arc<Placement>,
+    id: ActorId,
+    pub actor: ActorRef<WorkerMsg>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut busy = self.placement.lock();
+        if let Some(count) = busy.get_mut(&self.id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                busy.remove(&self.id);
+            }
+        }
+        drop(busy);
+        self.placement.freed.notify_waiters();
+    }
+}
+
+impl Placement {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ActorId, usize>> {
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn try_acquire(self: &Arc<Self>, role: &str) -> Option<Lease> {
+        let members = ractor::pg::get_local_members(&role.to_owned());
+        let mut busy = self.lock();
+        let cell = members
+            .into_iter()
+            .find(|cell| !busy.contains_key(&cell.get_id()))?;
+        busy.insert(cell.get_id(), 1);
+        Some(Lease {
+            placement: self.clone(),
+            id: cell.get_id(),
+            actor: ActorRef::from(cell),
+        })
+    }
+
+    /// Waits for an idle worker of `role`; `None` if `cancel` fires first.
+    pub async fn acquire(self: &Arc<Self>, role: &str, cancel: &mut watch::Receiver<bool>) -> Option<Lease> {
+        loop {
+            let freed = self.freed.notified();
+            if let Some(lease) = self.try_acquire(role) {
+                return Some(lease);
+            }
+            if *cancel.borrow() {
+                return None;
+            }
+            // Members also come back by restarts, which do not notify: poll as well.
+            tokio::select! {
+                () = freed => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = cancel.changed() => {}
+            }
+        }
+    }
+
+    /// Steps in flight (a gauge).
+    pub fn in_flight(&self) -> usize {
+        self.lock().values().sum()
+    }
+}
+
+/// Everything a driver needs; shared by all drivers of a node.
+#[derive(Debug)]
+pub struct SagaContext {
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub params: SagaParams,
+    pub placement: Arc<Placement>,
+    pub metrics: Arc<Metrics>,
+    /// This node's epoch (the cluster's fencing token; constant on one node).
+    pub epoch: u64,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Without OS randomness, fall back to the clock: jitter and ids only need spread.
+    if getrandom::fill(&mut bytes).is_err() {
+        return now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// Runs a job until it is finished or `cancel` stops it (node shutdown); the state left in the
+/// log is always one a later driver can resume from.
+pub async fn drive(ctx: Arc<SagaContext>, id: JobId, mut cancel: watch::Receiver<bool>) {
+    let span = tracing::info_span!("job", job_id = %id);
+    let _ = tracing::Instrument::instrument(
+        async {
+            loop {
+                match turn(&ctx, &id, &mut cancel).await {
+                    Ok(Turn::Continue) => {}
+                    Ok(Turn::Done) => break,
+                    Ok(Turn::Stopped) => {
+                        tracing::info!("driver stopped; the job resumes at the next start");
+                        break;
+                    }
+                    Err(error) => {
+                        // The log is unwritable: stop; the job resumes from the log later.
+                        tracing::error!(%error, "job log error; driver stops");
+                        break;
+                    }
+                }
+            }
+        },
+        span,
+    )
+    .await;
+}
+
+enum Turn {
+    Continue,
+    Done,
+    /// Shutdown asked the driver to stop.
+    Stopped,
+}
+
+async fn append(ctx: &SagaContext, id: &JobId, events: Vec<Event>) -> Result<JobState, StoreError> {
+    for event in &events {
+        ctx.metrics.observe_event(event);
+    }
+    ctx.store.append(id, events).await
+}
+
+/// Sleeps until `at_ms`, or until cancel fires (then returns false).
+async fn sleep_until(at_ms: u64, cancel: &mut watch::Receiver<bool>) -> bool {
+    let wait = at_ms.saturating_sub(now_ms());
+    if wait == 0 {
+        return !*cancel.borrow();
+    }
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_millis(wait)) => !*cancel.borrow(),
+        _ = cancel.changed() => false,
+    }
+}
+
+async fn turn(ctx: &Arc<SagaContext>, id: &JobId, cancel: &mut watch::Receiver<bool>) -> Result<Turn, StoreError> {
+    let Some(state) = ctx.store.get(id)? else {
+        return Ok(Turn::Done);
+    };
+    if state.is_terminal() {
+        return Ok(Turn::Done);
+    }
+    if *cancel.borrow() {
+        return Ok(Turn::Stopped);
+    }
+    if state.cancel_requested {
+        compensate(ctx, &state, cancel).await;
+        append(ctx, id, vec![Event::Cancelled { at: now_ms() }]).await?;
+        return Ok(Turn::Done);
+    }
+    let Some(step) = state.next_step() else {
+        append(ctx, id, vec![Event::Completed { at: now_ms() }]).await?;
+        return Ok(Turn::Done);
+    };
+    if let Some(at) = state.next_retry_at {
+        if !sleep_until(at, cancel).await {
+            return Ok(if *cancel.borrow() { Turn::Stopped } else { Turn::Continue });
+        }
+    }
+    let limits = ctx.params.limits(step);
+    let attempt = state.attempt(step) + 1;
+    if attempt > limits.attempts {
+        let reason = state.error.clone().unwrap_or_else(|| {
+            Reason::new("step.attempts_exhausted", format!("{step} failed {} times", limits.attempts))
+        });
+        let reason = Reason::new(
+            reason.code,
+            format!("{} (gave up after {} attempts)", reason.message, limits.attempts),
+        );
+        append(ctx, id, vec![Event::Failed { reason, at: now_ms() }]).await?;
+        return Ok(Turn::Done);
+    }
+    let Some(lease) = ctx.placement.acquire(role(step), cancel).await else {
+        return Ok(Turn::Stopped);
+    };
+    // The job may have been cancelled while it waited for a worker.
+    if ctx.store.get(id)?.is_some_and(|now| now.cancel_requested || now.is_terminal()) {
+        return Ok(Turn::Continue);
+    }
+    let started = now_ms();
+    let state = append(ctx, id, vec![Event::StepStarted { step, attempt, at: started }]).await?;
+    // Transcription also stops itself earlier, in proportion to the audio's duration.
+    let deadline = started + limits.timeout.as_millis() as u64;
+    let give_up_at = match step {
+        Step::Notify => Some(give_up_at(ctx, id, started)?),
+        _ => None,
+    };
+    let request = StepRequest {
+        job_id: id.clone(),
+        epoch: ctx.epoch,
+        step,
+        attempt,
+        spec: state.spec.clone(),
+        inputs: state.outputs.iter().map(|(step, output)| (*step, output.clone())).collect(),
+        delivered: state.delivered.clone(),
+        deadline_ms: deadline,
+        give_up_at_ms: give_up_at,
+        max_attempts: limits.attempts,
+    };
+    let timeout = Duration::from_millis(deadline.saturating_sub(started)) + Duration::from_secs(5);
+    let call = lease.actor.call(|reply| WorkerMsg::Run(Box::new(request), reply), Some(timeout));
+    let watch_cancel = watch_for_cancel(ctx, id);
+    let reply = tokio::select! {
+        reply = call => Some(reply),
+        () = watch_cancel => None,
+        _ = cancel.changed() => None,
+    };
+    drop(lease);
+    let Some(reply) = reply else {
+        // Cancelled or shutting down mid-step. On cancel the next turn compensates; on
+        // shutdown the attempt stays open and counts as failed when the job resumes.
+        return Ok(if *cancel.borrow() { Turn::Stopped } else { Turn::Continue });
+    };
+    let reply = match reply {
+        Ok(ractor::rpc::CallResult::Success(reply)) => reply,
+        Ok(ractor::rpc::CallResult::Timeout) => failed_reply(id, step, "step.timeout", format!("{step} did not finish within {} s", timeout.as_secs())),
+        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
+            failed_reply(id, step, "step.worker_lost", format!("the {step} worker stopped before answering"))
+        }
+    };
+    ctx.metrics.observe_step(step, reply.result.is_ok(), now_ms().saturating_sub(started));
+    record(ctx, id, step, attempt, reply).await?;
+    Ok(Turn::Continue)
+}
+
+/// Resolves when the job gets a cancel request.
+async fn watch_for_cancel(ctx: &SagaContext, id: &JobId) {
+    let mut updates = ctx.hub.subscribe(id);
+    loop {
+        match updates.recv().await {
+            Ok(crate::hub::Update::State(state)) if state.cancel_requested || state.is_terminal() => return,
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                if ctx.store.get(id).ok().flatten().is_some_and(|state| state.cancel_requested) {
+                    return;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+fn failed_reply(id: &JobId, step: Step, code: &str, message: String) -> StepReply {
+    StepReply {
+        job_id: id.clone(),
+        step,
+        result: Err(ytcaption_protocol::wire::StepFailure::transient(code, message)),
+        deliveries: Vec::new(),
+    }
+}
+
+/// When the notifier stops retrying a channel: `notify_give_up_after` past the notify step's
+/// first attempt.
+fn give_up_at(ctx: &SagaContext, id: &JobId, started: u64) -> Result<u64, StoreError> {
+    let first = ctx
+        .store
+        .events(id)?
+        .iter()
+        .find_map(|event| match event {
+            Event::StepStarted {
+                step: Step::Notify,
+                at,
+                ..
+            } => Some(*at),
+            _ => None,
+        })
+        .unwrap_or(started);
+    Ok(first + ctx.params.notify_give_up_after.as_millis() as u64)
+}
+
+/// Writes a step's outcome: success, a retry, or the job's failure.
+async fn record(ctx: &SagaContext, id: &JobId, step: Step, attempt: u32, reply: StepReply) -> Result<(), StoreError> {
+    let at = now_ms();
+    let mut events: Vec<Event> = reply
+        .deliveries
+        .iter()
+        .filter_map(|delivery| {
+            if delivery.delivered {
+                Some(Event::Delivered { channel: delivery.channel, attempt, at })
+            } else {
+                delivery.gave_up.clone().map(|reason| Event::GaveUp { channel: delivery.channel, reason, at })
+            }
+        })
+        .collect();
+    match reply.result {
+        Ok(output) => events.push(Event::StepSucceeded { step, output, at }),
+        Err(failure) => {
+            let limits = ctx.params.limits(step);
+            if failure.retryable && attempt < limits.attempts {
+                let delay = ctx.params.backoff.delay(attempt, random_u64());
+                tracing::warn!(%step, attempt, reason = %failure.reason, delay_ms = delay.as_millis() as u64, "step failed; retrying");
+                events.push(Event::StepFailed {
+                    step,
+                    attempt,
+                    reason: failure.reason,
+                    retry_at: Some(at + delay.as_millis() as u64),
+                    at,
+                });
+            } else {
+                tracing::warn!(%step, attempt, reason = %failure.reason, "step failed; job fails");
+                events.push(Event::StepFailed { step, attempt, reason: failure.reason.clone(), retry_at: None, at });
+                events.push(Event::Failed { reason: failure.reason, at });
+            }
+        }
+    }
+    append(ctx, id, events).await.map(drop)
+}
+
+/// Removes what a cancelled job stored (media, partial transcripts). Temp files belong to the
+/// worker that made them and are removed when its step ends.
+async fn compensate(ctx: &Arc<SagaContext>, state: &JobState, cancel: &mut watch::Receiver<bool>) {
+    if let Err(error) = purge(ctx, &state.id, cancel).await {
+        tracing::warn!(%error, "cancel: could not remove the job's blobs; the retention sweep retries");
+    }
+}
+
+/// Deletes every blob of a job through a Storage worker.
+pub async fn purge(ctx: &Arc<SagaContext>, id: &JobId, cancel: &mut watch::Receiver<bool>) -> Result<u64, String> {
+    let Some(lease) = ctx.placement.acquire(crate::storer::ROLE, cancel).await else {
+        return Err("shutting down".into());
+    };
+    match lease
+        .actor
+        .call(|reply| WorkerMsg::Purge(id.clone(), reply), Some(ctx.params.store.timeout))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(result)) => result,
+        Ok(_) | Err(_) => Err("the storage worker did not answer".into()),
+    }
+}
+
+/// Channels a job asked for, in order.
+pub fn channels(state_spec: &ytcaption_protocol::JobSpec) -> Vec<Channel> {
+    let mut out = Vec::new();
+    if state_spec.webhook_url.is_some() {
+        out.push(Channel::Webhook);
+    }
+    if state_spec.email.is_some() {
+        out.push(Channel::Email);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let backoff = Backoff {
+            base: Duration::from_secs(1),
+            factor: 2.0,
+            cap: Duration::from_secs(100),
+            jitter: 0.2,
+        };
+        let middle = 1u64 << 63; // unit = 0.5: no jitter
+        assert_eq!(backoff.delay(1, middle), Duration::from_secs(1));
+        assert_eq!(backoff.delay(3, middle), Duration::from_secs(4));
+        assert_eq!(backoff.delay(30, middle), Duration::from_secs(100));
+        let low = backoff.delay(3, 0);
+        let high = backoff.delay(3, u64::MAX);
+        assert!(low >= Duration::from_secs_f64(3.19) && low < Duration::from_secs(4), "{low:?}");
+        assert!(high > Duration::from_secs(4) && high <= Duration::from_secs_f64(4.81), "{high:?}");
+    }
+}
