@@ -4,11 +4,16 @@
 //! # Layout
 //! - [`transcribe`]: `ytcaption transcribe`, the engine on one file.
 //! - [`models`]: `ytcaption model list|import`.
+//! - [`serve`]: `ytcaption serve`, a node: the job system behind the HTTP API in [`http`].
+//! - [`client`]: `ytcaption submit` and `ytcaption jobs`, the API's command-line client.
 
+mod client;
+mod http;
 mod models;
+mod serve;
 mod transcribe;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +39,12 @@ enum Command {
     /// Manage installed models.
     #[command(subcommand)]
     Model(models::ModelCommand),
+    /// Run a node: the HTTP API in front of the durable job system.
+    Serve(serve::Args),
+    /// Submit a job to a node (a URL, or a local file to upload).
+    Submit(client::SubmitArgs),
+    /// List, show, cancel, retry or delete a node's jobs.
+    Jobs(client::JobsArgs),
 }
 
 /// Where the data and models live, resolved once.
@@ -42,20 +53,39 @@ pub struct Dirs {
     pub models: PathBuf,
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let data = ytcaption_config::data_dir(cli.data_dir.as_deref())?;
-    let dirs = Dirs {
-        models: ytcaption_config::models_dir(cli.models_dir.as_deref(), &data),
-    };
-    match cli.command {
-        Command::Transcribe(args) => transcribe::run(&dirs, args),
-        Command::Model(command) => models::run(&dirs, command),
-    }
+/// The directories of the local commands (the node reads them from its configuration).
+fn local_dirs(data_dir: Option<&Path>, models_dir: Option<&Path>) -> anyhow::Result<Dirs> {
+    let data = ytcaption_config::data_dir(data_dir)?;
+    Ok(Dirs {
+        models: ytcaption_config::models_dir(models_dir, &data),
+    })
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let Cli {
+        data_dir,
+        models_dir,
+        command,
+    } = Cli::parse();
+    let result = match command {
+        // The node has its own exit statuses (2 for a bad configuration).
+        Command::Serve(args) => {
+            return serve::run(
+                serve::DirOverrides {
+                    data_dir,
+                    models_dir,
+                },
+                args,
+            )
+        }
+        Command::Transcribe(args) => local_dirs(data_dir.as_deref(), models_dir.as_deref())
+            .and_then(|dirs| transcribe::run(&dirs, args)),
+        Command::Model(command) => local_dirs(data_dir.as_deref(), models_dir.as_deref())
+            .and_then(|dirs| models::run(&dirs, command)),
+        Command::Submit(args) => client::submit(args),
+        Command::Jobs(args) => client::jobs(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -1,0 +1,268 @@
+//! One request, start to end: route lookup, authentication and rate limit for `/v1`, the
+//! handler (with a timeout, and a panic turned into a 500 instead of a dead connection task),
+//! then metrics and the access log.
+
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{header, HeaderValue, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::json;
+use tokio::sync::watch;
+use ytcaption_actors::node::Node;
+use ytcaption_config::Config;
+
+use super::auth::{Authenticator, Principal, RateLimiter};
+use super::multipart::FormLimits;
+use super::problem::{Flavor, Problem};
+use super::routes::{lookup, Lookup, Route};
+use super::{full, jobs, openai, Response};
+
+/// The OpenAPI document served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// The API's limits, from the configuration.
+#[derive(Debug, Clone)]
+pub struct ApiParams {
+    /// Largest JSON request body.
+    pub max_json_body: u64,
+    /// Upload limits (the file limit is `http.max_body`).
+    pub form: FormLimits,
+    /// Deadline of ordinary handlers (not uploads, streams or synchronous transcriptions).
+    pub request_timeout: Duration,
+    /// How long the OpenAI-compatible endpoints wait for their job.
+    pub sync_timeout: Duration,
+    /// Interval of SSE keep-alive comments.
+    pub keep_alive: Duration,
+    /// `Retry-After` of a refused submission (quota, full queue).
+    pub busy_retry_after: u64,
+}
+
+impl Default for ApiParams {
+    fn default() -> Self {
+        ApiParams {
+            max_json_body: 1 << 20,
+            form: FormLimits::default(),
+            request_timeout: Duration::from_secs(30),
+            sync_timeout: Duration::from_secs(3600),
+            keep_alive: super::sse::KEEP_ALIVE,
+            busy_retry_after: 5,
+        }
+    }
+}
+
+impl ApiParams {
+    pub fn from_config(config: &Config) -> ApiParams {
+        let http = &config.http;
+        ApiParams {
+            max_json_body: http.max_json_body.get(),
+            form: FormLimits {
+                max_file_bytes: http.max_body.get(),
+                idle_timeout: http.request_timeout,
+                ..FormLimits::default()
+            },
+            request_timeout: http.request_timeout,
+            sync_timeout: http.sync_timeout,
+            ..ApiParams::default()
+        }
+    }
+}
+
+/// Everything a handler may use; shared by all connections.
+#[derive(Debug)]
+pub struct App {
+    pub node: Node,
+    pub auth: Authenticator,
+    pub limiter: RateLimiter,
+    pub params: ApiParams,
+    /// Absolute base of links handed out (`http.public_url`), without a trailing slash.
+    pub base_url: String,
+    /// Where installed models live (to check a requested model exists).
+    pub models_dir: PathBuf,
+    /// Flips to true at shutdown (ends event streams).
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// What a handler gets besides the request.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub route: Route,
+    /// The raw `{id}` path segment.
+    pub id: Option<String>,
+    pub principal: Principal,
+}
+
+/// Errors of request bodies, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body handlers see: whatever the server got (hyper's `Incoming`, or a test
+/// body), boxed once at the edge so handlers are not generic.
+pub type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Serves one request. Never fails: every outcome, a handler panic included, is a response.
+pub async fn handle<B>(app: Arc<App>, request: Request<B>) -> Result<Response, Infallible>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let (label, flavor, outcome) = match lookup(&method, &path) {
+        Lookup::NotFound => (
+            "unmatched",
+            Flavor::Problem,
+            Err(Problem::route_not_found(&path)),
+        ),
+        Lookup::MethodNotAllowed(allow) => (
+            "unmatched",
+            Flavor::Problem,
+            Err(Problem::method_not_allowed(allow)),
+        ),
+        Lookup::Found { route, id } => {
+            let flavor = if route.is_openai() {
+                Flavor::OpenAi
+            } else {
+                Flavor::Problem
+            };
+            let outcome = AssertUnwindSafe(serve(&app, route, id, request))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(route = route.label(), panic = %message, "handler panicked");
+                    Err(Problem::internal())
+                });
+            (route.label(), flavor, outcome)
+        }
+    };
+    let response = outcome.unwrap_or_else(|problem| problem.into_response(flavor));
+    let status = response.status();
+    let elapsed = started.elapsed();
+    let metrics = app.node.metrics();
+    metrics
+        .http_requests
+        .with_label_values(&[label, status.as_str()])
+        .inc();
+    metrics
+        .http_seconds
+        .with_label_values(&[label])
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "ytcaption::http",
+        %method,
+        %path,
+        route = label,
+        status = status.as_u16(),
+        ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    Ok(response)
+}
+
+/// Authentication and rate limit for `/v1`, then the handler.
+async fn serve(
+    app: &App,
+    route: Route,
+    id: Option<String>,
+    request: Request<ReqBody>,
+) -> Result<Response, Problem> {
+    let principal = if route.is_api() {
+        let principal = app
+            .auth
+            .authenticate(request.headers().get(header::AUTHORIZATION))?;
+        app.limiter.admit(&principal, Instant::now())?;
+        principal
+    } else {
+        Principal::anonymous()
+    };
+    let call = Call {
+        route,
+        id,
+        principal,
+    };
+    match route {
+        // Long by nature: they bound themselves (idle timeouts, sync_timeout).
+        Route::CreateJob => jobs::create(app, &call, request).await,
+        Route::AudioTranscriptions | Route::AudioTranslations => {
+            openai::transcribe(app, &call, request).await
+        }
+        _ => {
+            let deadline = app.params.request_timeout;
+            tokio::time::timeout(deadline, quick(app, &call, request))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Problem::unavailable(
+                        "request.timeout",
+                        format!("the node did not answer within {deadline:?}; retry"),
+                        app.params.busy_retry_after,
+                    ))
+                })
+        }
+    }
+}
+
+/// Handlers that answer promptly.
+async fn quick(app: &App, call: &Call, request: Request<ReqBody>) -> Result<Response, Problem> {
+    match call.route {
+        Route::Healthz => Ok(full(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")),
+        Route::Readyz => Ok(readiness(app).await),
+        Route::Metrics => Ok(full(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            app.node.metrics().render(),
+        )),
+        Route::OpenApi => Ok(full(StatusCode::OK, "application/json", OPENAPI)),
+        Route::AdminStatus => {
+            call.principal.require_admin()?;
+            Ok(super::json(StatusCode::OK, &app.node.admin_status()))
+        }
+        Route::ListJobs => jobs::list(app, call, request.uri().query()).await,
+        Route::GetJob => jobs::get(app, call).await,
+        Route::DeleteJob => jobs::delete(app, call).await,
+        Route::CancelJob => jobs::cancel(app, call).await,
+        Route::RetryJob => jobs::retry(app, call).await,
+        Route::Transcript => jobs::transcript(app, call, request.uri().query()).await,
+        Route::Events => jobs::events(app, call).await,
+        Route::CreateJob | Route::AudioTranscriptions | Route::AudioTranslations => {
+            Err(Problem::internal())
+        }
+    }
+}
+
+/// `/readyz`: 200 when the node can take and run jobs, else 503; the body says what is wrong.
+async fn readiness(app: &App) -> Response {
+    let readiness = app.node.readiness().await;
+    let body = json!({
+        "ready": readiness.ready,
+        "model_loaded": readiness.model_loaded,
+        "storage": match &readiness.storage {
+            Ok(()) => "ok".to_owned(),
+            Err(error) => error.clone(),
+        },
+        "job_log": readiness.job_log,
+        "unavailable": readiness.unavailable,
+    });
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut response = super::json(status, &body);
+    if !readiness.ready {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    response
+}
