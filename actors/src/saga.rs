@@ -260,9 +260,21 @@ async fn turn(ctx: &Arc<SagaContext>, id: &JobId, cancel: &mut watch::Receiver<b
         append(ctx, id, vec![Event::Cancelled { at: now_ms() }]).await?;
         return Ok(Turn::Done);
     }
-    let Some(step) = state.next_step() else {
-        append(ctx, id, vec![Event::Completed { at: now_ms() }]).await?;
-        return Ok(Turn::Done);
+    // A job whose step failed for good still tells its webhook and email, then ends failed.
+    let step = match &state.failing {
+        Some(reason) if !state.notification_pending() => {
+            let reason = reason.clone();
+            append(ctx, id, vec![Event::Failed { reason, at: now_ms() }]).await?;
+            return Ok(Turn::Done);
+        }
+        Some(_) => Step::Notify,
+        None => match state.next_step() {
+            Some(step) => step,
+            None => {
+                append(ctx, id, vec![Event::Completed { at: now_ms() }]).await?;
+                return Ok(Turn::Done);
+            }
+        },
     };
     if let Some(at) = state.next_retry_at {
         if !sleep_until(at, cancel).await {
@@ -272,15 +284,7 @@ async fn turn(ctx: &Arc<SagaContext>, id: &JobId, cancel: &mut watch::Receiver<b
     let limits = ctx.params.limits(step);
     let attempt = state.attempt(step) + 1;
     if attempt > limits.attempts {
-        let reason = state.error.clone().unwrap_or_else(|| {
-            Reason::new("step.attempts_exhausted", format!("{step} failed {} times", limits.attempts))
-        });
-        let reason = Reason::new(
-            reason.code,
-            format!("{} (gave up after {} attempts)", reason.message, limits.attempts),
-        );
-        append(ctx, id, vec![Event::Failed { reason, at: now_ms() }]).await?;
-        return Ok(Turn::Done);
+        return exhausted(ctx, &state, step, limits.attempts).await;
     }
     let Some(lease) = ctx.placement.acquire(role(step), cancel).await else {
         return Ok(Turn::Stopped);
@@ -308,6 +312,7 @@ async fn turn(ctx: &Arc<SagaContext>, id: &JobId, cancel: &mut watch::Receiver<b
         deadline_ms: deadline,
         give_up_at_ms: give_up_at,
         max_attempts: limits.attempts,
+        failure: state.failing.clone(),
     };
     let timeout = Duration::from_millis(deadline.saturating_sub(started)) + Duration::from_secs(5);
     let call = lease.actor.call(|reply| WorkerMsg::Run(Box::new(request), reply), Some(timeout));
@@ -333,6 +338,31 @@ async fn turn(ctx: &Arc<SagaContext>, id: &JobId, cancel: &mut watch::Receiver<b
     ctx.metrics.observe_step(step, reply.result.is_ok(), now_ms().saturating_sub(started));
     record(ctx, id, step, attempt, reply).await?;
     Ok(Turn::Continue)
+}
+
+/// A step used up its attempts. For notify, the channels still pending are given up and the
+/// job ends as it would have (a failed notification does not undo a transcript); any other
+/// step fails the job with its last error.
+async fn exhausted(ctx: &SagaContext, state: &JobState, step: Step, attempts: u32) -> Result<Turn, StoreError> {
+    let at = now_ms();
+    let last = state.error.clone().unwrap_or_else(|| Reason::new("step.attempts_exhausted", format!("{step} failed")));
+    let reason = Reason::new(last.code, format!("{} (gave up after {attempts} attempts)", last.message));
+    if step != Step::Notify {
+        let event = Event::StepFailed { step, attempt: attempts, reason, retry_at: None, at };
+        append(ctx, &state.id, vec![event]).await?;
+        return Ok(Turn::Continue);
+    }
+    let mut events: Vec<Event> = channels(&state.spec)
+        .into_iter()
+        .filter(|channel| !state.delivered.contains(channel) && !state.gave_up.contains(channel))
+        .map(|channel| Event::GaveUp { channel, reason: reason.clone(), at })
+        .collect();
+    events.push(match &state.failing {
+        Some(failure) => Event::Failed { reason: failure.clone(), at },
+        None => Event::Completed { at },
+    });
+    append(ctx, &state.id, events).await?;
+    Ok(Turn::Done)
 }
 
 /// Resolves when the job gets a cancel request.
@@ -409,9 +439,9 @@ async fn record(ctx: &SagaContext, id: &JobId, step: Step, attempt: u32, reply: 
                     at,
                 });
             } else {
+                // Final: the fold marks the job failing; the next turn notifies, then fails it.
                 tracing::warn!(%step, attempt, reason = %failure.reason, "step failed; job fails");
-                events.push(Event::StepFailed { step, attempt, reason: failure.reason.clone(), retry_at: None, at });
-                events.push(Event::Failed { reason: failure.reason, at });
+                events.push(Event::StepFailed { step, attempt, reason: failure.reason, retry_at: None, at });
             }
         }
     }
