@@ -119,7 +119,7 @@ fn cores() -> usize {
 impl Node {
     /// Opens the job log and storage, starts the supervision tree, and resumes unfinished jobs.
     pub async fn start(config: Config) -> Result<Node, StartError> {
-        let data_dir = config.data_dir();
+        let data_dir = config.data_dir().map_err(|error| StartError::Config(error.to_string()))?;
         let spool = data_dir.join("spool");
         create_dir(&data_dir)?;
         // Spool files belong to steps that died with the last process: they restart anyway.
@@ -160,7 +160,8 @@ impl Node {
         });
 
         let threads = config.transcriber_threads(cores());
-        let engines = Arc::new(Engines::new(config.models_dir(), threads));
+        let models_dir = config.models_dir().map_err(|error| StartError::Config(error.to_string()))?;
+        let engines = Arc::new(Engines::new(models_dir, threads));
         let transcribe = Arc::new(TranscribeWork {
             engines: engines.clone(),
             storage: storage.clone(),
@@ -474,7 +475,8 @@ fn job_manager() -> Option<ActorRef<JobManagerMsg>> {
 async fn open_storage(config: &Config) -> Result<Storage, StartError> {
     match config.storage.backend {
         ytcaption_config::Backend::Local => {
-            Storage::local(config.blob_dir()).map_err(|error| StartError::Storage(error.to_string()))
+            let dir = config.blob_dir().map_err(|error| StartError::Config(error.to_string()))?;
+            Storage::local(dir).map_err(|error| StartError::Storage(error.to_string()))
         }
         ytcaption_config::Backend::S3 => {
             let s3 = &config.storage.s3;
