@@ -23,6 +23,7 @@ pub mod node;
 pub mod notifier;
 pub mod notify;
 pub mod saga;
+pub mod storage;
 pub mod store;
 pub mod storer;
 pub mod supervisor;
