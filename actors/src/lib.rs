@@ -14,11 +14,13 @@
 //!   [`notify`] (signed webhooks, email).
 //! - [`hub`]: live job updates for watchers; [`metrics`]: Prometheus metrics.
 
+pub mod download;
 pub mod downloader;
 pub mod engine;
 pub mod hub;
 pub mod job_manager;
 pub mod metrics;
+pub mod net;
 pub mod node;
 pub mod notifier;
 pub mod notify;

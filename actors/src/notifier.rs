@@ -21,8 +21,10 @@ use ytcaption_protocol::{Channel, Reason, Step, StepOutput};
 use crate::metrics::Metrics;
 use crate::net::{NetGuard, NetParams};
 use crate::notify::email::{job_email, EmailError, Mailer, SmtpParams, SmtpSecurity};
-use crate::notify::webhook::{self, JobOutcome, Verdict, WebhookBody, WebhookError, WebhookEvent, WebhookLinks};
 use crate::notify::rfc3339_utc;
+use crate::notify::webhook::{
+    self, JobOutcome, Verdict, WebhookBody, WebhookError, WebhookEvent, WebhookLinks,
+};
 use crate::worker::{Outcome, Work};
 
 /// The process group of Notifier workers.
@@ -108,7 +110,11 @@ impl NotifyWork {
             _ => Default::default(),
         };
         let (duration_s, language) = match request.input(Step::Transcribe) {
-            Some(StepOutput::Transcribed { duration_s, language, .. }) => (Some(*duration_s), Some(language.clone())),
+            Some(StepOutput::Transcribed {
+                duration_s,
+                language,
+                ..
+            }) => (Some(*duration_s), Some(language.clone())),
             _ => (None, None),
         };
         WebhookBody {
@@ -116,7 +122,10 @@ impl NotifyWork {
             job_id: id.to_owned(),
             status,
             error,
-            links: WebhookLinks { job: job_url, transcript },
+            links: WebhookLinks {
+                job: job_url,
+                transcript,
+            },
             created_at: rfc3339_utc(request.job_id.created_ms()),
             finished_at: rfc3339_utc(crate::saga::now_ms()),
             duration_s,
@@ -127,13 +136,33 @@ impl NotifyWork {
     /// One webhook attempt; the verdict decides whether to try again.
     async fn post_webhook(&self, url: &str, body: &WebhookBody) -> (Verdict, String) {
         let Ok(json) = body.to_json() else {
-            return (Verdict::GiveUp, "the webhook body could not be encoded".into());
+            return (
+                Verdict::GiveUp,
+                "the webhook body could not be encoded".into(),
+            );
         };
         let delivery = webhook::delivery_id(&body.job_id, body.event);
         let timestamp = crate::saga::now_ms() / 1000;
-        let headers = webhook::webhook_headers(self.params.webhook_secret.as_bytes(), &delivery, body.event, timestamp, &json);
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
-        let response = crate::net::request(http::Method::POST, url, &headers, Bytes::from(json), &self.params.guard, &self.net).await;
+        let headers = webhook::webhook_headers(
+            self.params.webhook_secret.as_bytes(),
+            &delivery,
+            body.event,
+            timestamp,
+            &json,
+        );
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        let response = crate::net::request(
+            http::Method::POST,
+            url,
+            &headers,
+            Bytes::from(json),
+            &self.params.guard,
+            &self.net,
+        )
+        .await;
         match response {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -145,7 +174,10 @@ impl NotifyWork {
                 // Drain a little of the answer so the connection closes cleanly; its content
                 // does not matter.
                 let _ = crate::net::read_body(response, 64 << 10, &self.net).await;
-                (webhook::classify(Some(status), retry_after.as_deref()), format!("HTTP {status}"))
+                (
+                    webhook::classify(Some(status), retry_after.as_deref()),
+                    format!("HTTP {status}"),
+                )
             }
             Err(error) if !error.retryable() => (Verdict::GiveUp, error.to_string()),
             Err(error) => (webhook::classify(None, None), error.to_string()),
@@ -154,7 +186,10 @@ impl NotifyWork {
 
     async fn send_email(&self, to: &str, body: &WebhookBody) -> (Verdict, String) {
         let Some(mailer) = &self.mailer else {
-            return (Verdict::GiveUp, "email requested but this node has no [notify.smtp] configured".into());
+            return (
+                Verdict::GiveUp,
+                "email requested but this node has no [notify.smtp] configured".into(),
+            );
         };
         match mailer.send(&job_email(body, to)).await {
             Ok(()) => (Verdict::Delivered, "accepted".into()),
@@ -166,7 +201,9 @@ impl NotifyWork {
     async fn notify(&self, request: &StepRequest) -> (Vec<Delivery>, Vec<String>, bool) {
         let body = self.body(request);
         let last_try = request.attempt >= request.max_attempts
-            || request.give_up_at_ms.is_some_and(|at| crate::saga::now_ms() >= at);
+            || request
+                .give_up_at_ms
+                .is_some_and(|at| crate::saga::now_ms() >= at);
         let mut deliveries = Vec::new();
         let mut pending = Vec::new();
         let mut smtp_down = false;
@@ -174,7 +211,8 @@ impl NotifyWork {
             if request.delivered.contains(&channel) {
                 continue;
             }
-            let (verdict, detail) = match (channel, &request.spec.webhook_url, &request.spec.email) {
+            let (verdict, detail) = match (channel, &request.spec.webhook_url, &request.spec.email)
+            {
                 (Channel::Webhook, Some(url), _) => self.post_webhook(url, &body).await,
                 (Channel::Email, _, Some(to)) => self.send_email(to, &body).await,
                 _ => continue,
@@ -188,10 +226,17 @@ impl NotifyWork {
                 Verdict::Retry { .. } if !last_try => "retry",
                 _ => "gave_up",
             };
-            self.metrics.notifications.with_label_values(&[name, outcome]).inc();
+            self.metrics
+                .notifications
+                .with_label_values(&[name, outcome])
+                .inc();
             tracing::info!(channel = name, outcome, detail, "notification attempt");
             match outcome {
-                "delivered" => deliveries.push(Delivery { channel, delivered: true, gave_up: None }),
+                "delivered" => deliveries.push(Delivery {
+                    channel,
+                    delivered: true,
+                    gave_up: None,
+                }),
                 "retry" => {
                     smtp_down |= channel == Channel::Email;
                     pending.push(format!("{name}: {detail}"));

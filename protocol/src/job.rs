@@ -486,7 +486,9 @@ impl JobState {
                 self.error = None;
                 self.finish(*at);
             }
-            Event::RetryRequested { .. } if matches!(self.stage, Stage::Failed | Stage::Cancelled) => {
+            Event::RetryRequested { .. }
+                if matches!(self.stage, Stage::Failed | Stage::Cancelled) =>
+            {
                 self.stage = self.resume_stage();
                 self.attempts.clear();
                 self.error = None;

@@ -238,7 +238,10 @@ mod tests {
         ));
         let mut older = good.clone();
         older[4..6].copy_from_slice(&0u16.to_le_bytes());
-        assert_eq!(decode::<StepRequest>(&older).unwrap_err().code(), "wire.version");
+        assert_eq!(
+            decode::<StepRequest>(&older).unwrap_err().code(),
+            "wire.version"
+        );
         for cut in [5, 7, good.len() / 2, good.len() - 1] {
             assert!(decode::<StepRequest>(&good[..cut]).is_err(), "cut at {cut}");
         }
