@@ -523,7 +523,11 @@ impl Node {
         while self.inner.drivers.count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.inner.supervisor.stop(None);
+        let _ = self
+            .inner
+            .supervisor
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+            .await;
         if let Err(error) = self.inner.store.flush() {
             tracing::error!(%error, "final flush of the job log failed");
         }
