@@ -34,10 +34,18 @@ impl DownloadWork {
         result
     }
 
-    async fn fetch_into(&self, request: &StepRequest, url: &str, dir: &std::path::Path) -> Result<StepOutput, StepFailure> {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|error| StepFailure::transient("download.spool", format!("cannot create the spool directory: {error}")))?;
+    async fn fetch_into(
+        &self,
+        request: &StepRequest,
+        url: &str,
+        dir: &std::path::Path,
+    ) -> Result<StepOutput, StepFailure> {
+        tokio::fs::create_dir_all(dir).await.map_err(|error| {
+            StepFailure::transient(
+                "download.spool",
+                format!("cannot create the spool directory: {error}"),
+            )
+        })?;
         let downloaded = download::download(url, &dir.join("media"), &self.params)
             .await
             .map_err(|error| StepFailure {

@@ -53,7 +53,11 @@ impl From<StoreError> for JobError {
 }
 
 pub enum JobManagerMsg {
-    Submit(Box<JobState>, Option<String>, RpcReplyPort<Result<Submitted, SubmitError>>),
+    Submit(
+        Box<JobState>,
+        Option<String>,
+        RpcReplyPort<Result<Submitted, SubmitError>>,
+    ),
     /// A job is durable (or resumed): start its driver when a slot is free.
     Start(JobId),
     /// A driver ended.
@@ -223,7 +227,8 @@ impl Actor for JobManager {
                     let result = match result {
                         Ok(submitted) => {
                             if submitted.created {
-                                let _ = myself.cast(JobManagerMsg::Start(submitted.state.id.clone()));
+                                let _ =
+                                    myself.cast(JobManagerMsg::Start(submitted.state.id.clone()));
                             }
                             Ok(submitted)
                         }
@@ -301,36 +306,63 @@ impl Actor for JobManager {
 
 async fn cancel(state: &JobManagerState, id: &JobId) -> Result<JobState, JobError> {
     let store = &state.args.saga.store;
-    let job = store.get(id)?.filter(|job| !job.deleted).ok_or(JobError::NotFound)?;
+    let job = store
+        .get(id)?
+        .filter(|job| !job.deleted)
+        .ok_or(JobError::NotFound)?;
     if job.is_terminal() {
-        return Err(JobError::Conflict(format!("the job is already {}", job.stage.as_str())));
+        return Err(JobError::Conflict(format!(
+            "the job is already {}",
+            job.stage.as_str()
+        )));
     }
     if job.cancel_requested {
         return Ok(job);
     }
-    Ok(store.append(id, vec![Event::CancelRequested { at: now_ms() }]).await?)
+    Ok(store
+        .append(id, vec![Event::CancelRequested { at: now_ms() }])
+        .await?)
 }
 
 async fn retry(state: &JobManagerState, id: &JobId) -> Result<JobState, JobError> {
     let store = &state.args.saga.store;
-    let job = store.get(id)?.filter(|job| !job.deleted).ok_or(JobError::NotFound)?;
-    if !matches!(job.stage, ytcaption_protocol::Stage::Failed | ytcaption_protocol::Stage::Cancelled) {
+    let job = store
+        .get(id)?
+        .filter(|job| !job.deleted)
+        .ok_or(JobError::NotFound)?;
+    if !matches!(
+        job.stage,
+        ytcaption_protocol::Stage::Failed | ytcaption_protocol::Stage::Cancelled
+    ) {
         return Err(JobError::Conflict(format!(
             "only failed or cancelled jobs can be retried; this one is {}",
             job.stage.as_str()
         )));
     }
-    Ok(store.append(id, vec![Event::RetryRequested { at: now_ms() }]).await?)
+    Ok(store
+        .append(id, vec![Event::RetryRequested { at: now_ms() }])
+        .await?)
 }
 
 /// Removes a finished job's blobs, then its history (a tombstone remains).
-async fn delete(ctx: &Arc<SagaContext>, id: &JobId, why: &str, mut shutdown: watch::Receiver<bool>) -> Result<JobState, JobError> {
+async fn delete(
+    ctx: &Arc<SagaContext>,
+    id: &JobId,
+    why: &str,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<JobState, JobError> {
     saga::purge(ctx, id, &mut shutdown)
         .await
         .map_err(|error| JobError::Store(format!("could not delete the job's files: {error}")))?;
     Ok(ctx
         .store
-        .tombstone(id, Event::Deleted { at: now_ms(), why: why.to_owned() })
+        .tombstone(
+            id,
+            Event::Deleted {
+                at: now_ms(),
+                why: why.to_owned(),
+            },
+        )
         .await?)
 }
 
@@ -338,20 +370,29 @@ async fn sweep(ctx: Arc<SagaContext>, params: JobManagerParams, shutdown: watch:
     let now = now_ms();
     let retention = params.retention.as_millis() as u64;
     let expired = ctx.store.all_states(|job| {
-        !job.deleted && job.is_terminal() && job.finished_at.is_some_and(|at| now.saturating_sub(at) > retention)
+        !job.deleted
+            && job.is_terminal()
+            && job
+                .finished_at
+                .is_some_and(|at| now.saturating_sub(at) > retention)
     });
     match expired {
         Ok(jobs) => {
             for job in jobs {
                 match delete(&ctx, &job.id, "retention", shutdown.clone()).await {
                     Ok(_) => tracing::info!(job_id = %job.id, "retention: job deleted"),
-                    Err(error) => tracing::warn!(job_id = %job.id, %error, "retention: delete failed; next sweep retries"),
+                    Err(error) => {
+                        tracing::warn!(job_id = %job.id, %error, "retention: delete failed; next sweep retries")
+                    }
                 }
             }
         }
         Err(error) => tracing::warn!(%error, "retention sweep could not read the job log"),
     }
-    if let Err(error) = ctx.store.expire_idempotency_keys(now, params.idempotency_ttl.as_millis() as u64) {
+    if let Err(error) = ctx
+        .store
+        .expire_idempotency_keys(now, params.idempotency_ttl.as_millis() as u64)
+    {
         tracing::warn!(%error, "could not expire idempotency keys");
     }
 }

@@ -49,22 +49,110 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let seconds = vec![0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0];
+        let seconds = vec![
+            0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0,
+        ];
         let r = &registry;
         Metrics {
-            jobs: register(r, IntGaugeVec::new(Opts::new("ytcaption_jobs", "Jobs by state"), &["state"]).expect(VALID)),
-            events: register(r, counter_vec("ytcaption_job_events_total", "Saga events recorded, by type", &["event"])),
-            step_seconds: register(r, HistogramVec::new(HistogramOpts::new("ytcaption_step_duration_seconds", "Duration of step attempts").buckets(seconds.clone()), &["step"]).expect(VALID)),
-            step_outcomes: register(r, counter_vec("ytcaption_step_attempts_total", "Step attempts by outcome", &["step", "outcome"])),
-            queue_depth: register(r, gauge("ytcaption_queue_depth", "Jobs waiting for a driver slot")),
+            jobs: register(
+                r,
+                IntGaugeVec::new(Opts::new("ytcaption_jobs", "Jobs by state"), &["state"])
+                    .expect(VALID),
+            ),
+            events: register(
+                r,
+                counter_vec(
+                    "ytcaption_job_events_total",
+                    "Saga events recorded, by type",
+                    &["event"],
+                ),
+            ),
+            step_seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "ytcaption_step_duration_seconds",
+                        "Duration of step attempts",
+                    )
+                    .buckets(seconds.clone()),
+                    &["step"],
+                )
+                .expect(VALID),
+            ),
+            step_outcomes: register(
+                r,
+                counter_vec(
+                    "ytcaption_step_attempts_total",
+                    "Step attempts by outcome",
+                    &["step", "outcome"],
+                ),
+            ),
+            queue_depth: register(
+                r,
+                gauge("ytcaption_queue_depth", "Jobs waiting for a driver slot"),
+            ),
             active_jobs: register(r, gauge("ytcaption_active_jobs", "Jobs being driven")),
-            restarts: register(r, counter_vec("ytcaption_supervisor_restarts_total", "Child failures handled by the supervisor", &["child", "role"])),
-            realtime_factor: register(r, Histogram::with_opts(HistogramOpts::new("ytcaption_realtime_factor", "Engine seconds per second of audio").buckets(vec![0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0])).expect(VALID)),
-            audio_seconds: register(r, IntCounter::new("ytcaption_audio_seconds_total", "Seconds of audio transcribed").expect(VALID)),
-            download_bytes: register(r, IntCounter::new("ytcaption_download_bytes_total", "Bytes downloaded").expect(VALID)),
-            http_requests: register(r, counter_vec("ytcaption_http_requests_total", "HTTP requests by route and status", &["route", "status"])),
-            http_seconds: register(r, HistogramVec::new(HistogramOpts::new("ytcaption_http_request_duration_seconds", "HTTP request latency").buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]), &["route"]).expect(VALID)),
-            notifications: register(r, counter_vec("ytcaption_notifications_total", "Notification attempts by channel and outcome", &["channel", "outcome"])),
+            restarts: register(
+                r,
+                counter_vec(
+                    "ytcaption_supervisor_restarts_total",
+                    "Child failures handled by the supervisor",
+                    &["child", "role"],
+                ),
+            ),
+            realtime_factor: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ytcaption_realtime_factor",
+                        "Engine seconds per second of audio",
+                    )
+                    .buckets(vec![0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]),
+                )
+                .expect(VALID),
+            ),
+            audio_seconds: register(
+                r,
+                IntCounter::new(
+                    "ytcaption_audio_seconds_total",
+                    "Seconds of audio transcribed",
+                )
+                .expect(VALID),
+            ),
+            download_bytes: register(
+                r,
+                IntCounter::new("ytcaption_download_bytes_total", "Bytes downloaded").expect(VALID),
+            ),
+            http_requests: register(
+                r,
+                counter_vec(
+                    "ytcaption_http_requests_total",
+                    "HTTP requests by route and status",
+                    &["route", "status"],
+                ),
+            ),
+            http_seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "ytcaption_http_request_duration_seconds",
+                        "HTTP request latency",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+                    ]),
+                    &["route"],
+                )
+                .expect(VALID),
+            ),
+            notifications: register(
+                r,
+                counter_vec(
+                    "ytcaption_notifications_total",
+                    "Notification attempts by channel and outcome",
+                    &["channel", "outcome"],
+                ),
+            ),
             registry,
         }
     }
@@ -122,10 +210,22 @@ mod tests {
         metrics.transition(None, Some(Stage::Accepted));
         metrics.transition(Some(Stage::Accepted), Some(Stage::Completed));
         metrics.observe_step(Step::Transcribe, true, 1500);
-        metrics.restarts.with_label_values(&["transcriber-1", "transcriber"]).inc();
-        metrics.http_requests.with_label_values(&["jobs", "202"]).inc();
-        metrics.http_seconds.with_label_values(&["jobs"]).observe(0.001);
-        metrics.notifications.with_label_values(&["webhook", "delivered"]).inc();
+        metrics
+            .restarts
+            .with_label_values(&["transcriber-1", "transcriber"])
+            .inc();
+        metrics
+            .http_requests
+            .with_label_values(&["jobs", "202"])
+            .inc();
+        metrics
+            .http_seconds
+            .with_label_values(&["jobs"])
+            .observe(0.001);
+        metrics
+            .notifications
+            .with_label_values(&["webhook", "delivered"])
+            .inc();
         metrics.realtime_factor.observe(0.05);
         let text = metrics.render();
         for name in [

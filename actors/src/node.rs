@@ -22,14 +22,18 @@ use ytcaption_protocol::{Format, JobId, JobState, Stage};
 use crate::download::DownloadParams;
 use crate::downloader::DownloadWork;
 use crate::hub::{Hub, Update};
-use crate::job_manager::{Drivers, JobError, JobManager, JobManagerArgs, JobManagerMsg, JobManagerParams, SubmitError};
+use crate::job_manager::{
+    Drivers, JobError, JobManager, JobManagerArgs, JobManagerMsg, JobManagerParams, SubmitError,
+};
 use crate::metrics::Metrics;
 use crate::notifier::{NotifyParams, NotifyWork};
 use crate::saga::{Backoff, Placement, SagaContext, SagaParams, StepLimits};
 use crate::storage::{S3Params, Storage};
 use crate::store::{ListFilter, Store, StoreError, Submitted};
 use crate::storer::StoreWork;
-use crate::supervisor::{ChildSpec, Policy, SpawnFn, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorStatus};
+use crate::supervisor::{
+    ChildSpec, Policy, SpawnFn, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorStatus,
+};
 use crate::transcriber::{Engines, TranscribeWork, TranscriberParams};
 use crate::worker::{Work, Worker};
 
@@ -37,7 +41,10 @@ use crate::worker::{Work, Worker};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot create {path}: {error}")]
-    Dir { path: PathBuf, error: std::io::Error },
+    Dir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("job log: {0}")]
     Store(#[from] StoreError),
     #[error("storage: {0}")]
@@ -99,7 +106,9 @@ fn workers<W: Work>(prefix: &str, count: usize, work: Arc<W>) -> Vec<ChildSpec> 
                 let work = work.clone();
                 let actor_name = actor_name.clone();
                 Box::pin(async move {
-                    let (actor, _) = Actor::spawn_linked(Some(actor_name), Worker::<W>::new(), work, supervisor).await?;
+                    let (actor, _) =
+                        Actor::spawn_linked(Some(actor_name), Worker::<W>::new(), work, supervisor)
+                            .await?;
                     Ok(actor.get_cell())
                 })
             });
@@ -119,7 +128,9 @@ fn cores() -> usize {
 impl Node {
     /// Opens the job log and storage, starts the supervision tree, and resumes unfinished jobs.
     pub async fn start(config: Config) -> Result<Node, StartError> {
-        let data_dir = config.data_dir();
+        let data_dir = config
+            .data_dir()
+            .map_err(|error| StartError::Config(error.to_string()))?;
         let spool = data_dir.join("spool");
         create_dir(&data_dir)?;
         // Spool files belong to steps that died with the last process: they restart anyway.
@@ -128,7 +139,12 @@ impl Node {
 
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::default());
-        let store = Store::open(&data_dir.join("jobs.db"), 16 * 1024, hub.clone(), metrics.clone())?;
+        let store = Store::open(
+            &data_dir.join("jobs.db"),
+            16 * 1024,
+            hub.clone(),
+            metrics.clone(),
+        )?;
         let storage = open_storage(&config).await?;
         let jobs = &config.jobs;
         let step = |limits: &ytcaption_config::Step| StepLimits {
@@ -160,7 +176,10 @@ impl Node {
         });
 
         let threads = config.transcriber_threads(cores());
-        let engines = Arc::new(Engines::new(config.models_dir(), threads));
+        let models_dir = config
+            .models_dir()
+            .map_err(|error| StartError::Config(error.to_string()))?;
+        let engines = Arc::new(Engines::new(models_dir, threads));
         let transcribe = Arc::new(TranscribeWork {
             engines: engines.clone(),
             storage: storage.clone(),
@@ -211,7 +230,9 @@ impl Node {
         let manager_spawn: SpawnFn = Arc::new(move |supervisor| {
             let args = manager_args();
             Box::pin(async move {
-                let (actor, _) = Actor::spawn_linked(Some("job-manager".into()), JobManager, args, supervisor).await?;
+                let (actor, _) =
+                    Actor::spawn_linked(Some("job-manager".into()), JobManager, args, supervisor)
+                        .await?;
                 Ok(actor.get_cell())
             })
         });
@@ -221,7 +242,11 @@ impl Node {
             spawn: manager_spawn,
         }];
         children.extend(workers("downloader", config.downloader.workers, download));
-        children.extend(workers("transcriber", config.transcriber_workers(cores()), transcribe));
+        children.extend(workers(
+            "transcriber",
+            config.transcriber_workers(cores()),
+            transcribe,
+        ));
         children.extend(workers("storage", 4, store_work));
         children.extend(workers("notifier", 4, notify));
 
@@ -242,7 +267,10 @@ impl Node {
                 },
                 status: status.clone(),
                 on_restart: Some(Arc::new(move |child: &ChildSpec, _reason: &str| {
-                    restart_metrics.restarts.with_label_values(&[&child.name, child.role]).inc();
+                    restart_metrics
+                        .restarts
+                        .with_label_values(&[&child.name, child.role])
+                        .inc();
                 })),
             },
         )
@@ -271,7 +299,12 @@ impl Node {
 
     /// The periodic retention sweep and the model preload.
     fn spawn_background(&self) {
-        let interval = self.inner.config.jobs.sweep_interval.max(Duration::from_secs(1));
+        let interval = self
+            .inner
+            .config
+            .jobs
+            .sweep_interval
+            .max(Duration::from_secs(1));
         let mut shutdown = self.inner.shutdown.subscribe();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
@@ -330,10 +363,18 @@ impl Node {
     }
 
     /// Accepts a job durably. `job.id` must come from [`Node::new_job_id`].
-    pub async fn submit(&self, job: JobState, idempotency_key: Option<String>) -> Result<Submitted, SubmitError> {
+    pub async fn submit(
+        &self,
+        job: JobState,
+        idempotency_key: Option<String>,
+    ) -> Result<Submitted, SubmitError> {
         self.call_manager(|reply| JobManagerMsg::Submit(Box::new(job), idempotency_key, reply))
             .await
-            .unwrap_or_else(|| Err(SubmitError::Store("the job manager is restarting; retry".into())))
+            .unwrap_or_else(|| {
+                Err(SubmitError::Store(
+                    "the job manager is restarting; retry".into(),
+                ))
+            })
     }
 
     pub fn job(&self, id: &JobId) -> Result<Option<JobState>, StoreError> {
@@ -359,20 +400,32 @@ impl Node {
     pub async fn cancel(&self, id: &JobId) -> Result<JobState, JobError> {
         self.call_manager(|reply| JobManagerMsg::Cancel(id.clone(), reply))
             .await
-            .unwrap_or_else(|| Err(JobError::Store("the job manager is restarting; retry".into())))
+            .unwrap_or_else(|| {
+                Err(JobError::Store(
+                    "the job manager is restarting; retry".into(),
+                ))
+            })
     }
 
     pub async fn retry(&self, id: &JobId) -> Result<JobState, JobError> {
         self.call_manager(|reply| JobManagerMsg::Retry(id.clone(), reply))
             .await
-            .unwrap_or_else(|| Err(JobError::Store("the job manager is restarting; retry".into())))
+            .unwrap_or_else(|| {
+                Err(JobError::Store(
+                    "the job manager is restarting; retry".into(),
+                ))
+            })
     }
 
     /// Cancels a running job, or deletes a finished one's data.
     pub async fn delete(&self, id: &JobId) -> Result<JobState, JobError> {
         self.call_manager(|reply| JobManagerMsg::Delete(id.clone(), reply))
             .await
-            .unwrap_or_else(|| Err(JobError::Store("the job manager is restarting; retry".into())))
+            .unwrap_or_else(|| {
+                Err(JobError::Store(
+                    "the job manager is restarting; retry".into(),
+                ))
+            })
     }
 
     /// A completed job's transcript in `format` (stored, or rendered from the JSON one).
@@ -383,7 +436,9 @@ impl Node {
                 job.stage.as_str()
             )));
         }
-        let stored = job.stored_formats().and_then(|formats| formats.get(&format));
+        let stored = job
+            .stored_formats()
+            .and_then(|formats| formats.get(&format));
         let max = 256 << 20;
         if let Some(key) = stored {
             return self
@@ -402,8 +457,8 @@ impl Node {
             .get_bytes(key, max)
             .await
             .map_err(|error| JobError::Store(error.to_string()))?;
-        let transcript: ytcaption_protocol::Transcript =
-            serde_json::from_slice(&json).map_err(|error| JobError::Store(format!("stored transcript unreadable: {error}")))?;
+        let transcript: ytcaption_protocol::Transcript = serde_json::from_slice(&json)
+            .map_err(|error| JobError::Store(format!("stored transcript unreadable: {error}")))?;
         Ok(format.render(&transcript).into_bytes())
     }
 
@@ -416,9 +471,17 @@ impl Node {
     }
 
     pub async fn readiness(&self) -> Readiness {
-        let model_loaded = self.inner.engines.is_loaded(&self.inner.config.transcriber.model)
+        let model_loaded = self
+            .inner
+            .engines
+            .is_loaded(&self.inner.config.transcriber.model)
             || !self.inner.config.transcriber.preload;
-        let storage = self.inner.storage.health().await.map_err(|error| error.to_string());
+        let storage = self
+            .inner
+            .storage
+            .health()
+            .await
+            .map_err(|error| error.to_string());
         let job_log = self.inner.store.healthy();
         let unavailable: Vec<String> = self
             .inner
@@ -429,7 +492,10 @@ impl Node {
             .map(|child| child.name)
             .collect();
         Readiness {
-            ready: model_loaded && storage.is_ok() && job_log && !unavailable.iter().any(|name| name == "job-manager"),
+            ready: model_loaded
+                && storage.is_ok()
+                && job_log
+                && !unavailable.iter().any(|name| name == "job-manager"),
             model_loaded,
             storage,
             job_log,
@@ -457,7 +523,11 @@ impl Node {
         while self.inner.drivers.count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.inner.supervisor.stop(None);
+        let _ = self
+            .inner
+            .supervisor
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+            .await;
         if let Err(error) = self.inner.store.flush() {
             tracing::error!(%error, "final flush of the job log failed");
         }
@@ -474,7 +544,10 @@ fn job_manager() -> Option<ActorRef<JobManagerMsg>> {
 async fn open_storage(config: &Config) -> Result<Storage, StartError> {
     match config.storage.backend {
         ytcaption_config::Backend::Local => {
-            Storage::local(config.blob_dir()).map_err(|error| StartError::Storage(error.to_string()))
+            let dir = config
+                .blob_dir()
+                .map_err(|error| StartError::Config(error.to_string()))?;
+            Storage::local(dir).map_err(|error| StartError::Storage(error.to_string()))
         }
         ytcaption_config::Backend::S3 => {
             let s3 = &config.storage.s3;
@@ -487,6 +560,7 @@ async fn open_storage(config: &Config) -> Result<Storage, StartError> {
                 path_style: s3.path_style,
                 create_bucket: s3.create_bucket,
                 timeout: s3.timeout,
+                ..S3Params::default()
             })
             .await
             .map_err(|error| StartError::Storage(error.to_string()))
@@ -496,9 +570,10 @@ async fn open_storage(config: &Config) -> Result<Storage, StartError> {
 
 fn download_params(config: &Config) -> Result<DownloadParams, StartError> {
     let d = &config.downloader;
-    let guard = crate::net::NetGuard::new(&d.allow_private).map_err(|error| StartError::Config(format!("downloader.allow_private: {error}")))?;
+    let guard = crate::net::NetGuard::new(&d.allow_private)
+        .map_err(|error| StartError::Config(format!("downloader.allow_private: {error}")))?;
     Ok(DownloadParams {
-        max_bytes: d.max_bytes.as_u64(),
+        max_bytes: d.max_bytes.0,
         max_duration_s: d.max_duration.as_secs(),
         max_redirects: d.max_redirects,
         net: crate::net::NetParams {
@@ -517,7 +592,8 @@ fn download_params(config: &Config) -> Result<DownloadParams, StartError> {
 
 fn notify_params(config: &Config) -> Result<NotifyParams, StartError> {
     let n = &config.notify;
-    let guard = crate::net::NetGuard::new(&n.allow_private).map_err(|error| StartError::Config(format!("notify.allow_private: {error}")))?;
+    let guard = crate::net::NetGuard::new(&n.allow_private)
+        .map_err(|error| StartError::Config(format!("notify.allow_private: {error}")))?;
     Ok(NotifyParams {
         webhook_secret: n.webhook_secret.clone().unwrap_or_default(),
         webhook_timeout: n.webhook_timeout,

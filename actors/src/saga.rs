@@ -21,7 +21,7 @@ use std::time::Duration;
 use ractor::{ActorId, ActorRef};
 use tokio::sync::{watch, Notify};
 use ytcaption_protocol::wire::{StepReply, StepRequest};
-use ytcaption_protocol::{Channel, Event, JobId, JobState, Reason, Step, StepOutput};
+use ytcaption_protocol::{Channel, Event, JobId, JobState, Reason, Step};
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -101,6 +101,7 @@ pub struct Placement {
 }
 
 /// A worker reserved for one step; released on drop.
+#[derive(Debug)]
 pub struct Lease {
     placement: Arc<Placement>,
     id: ActorId,
@@ -141,7 +142,11 @@ impl Placement {
     }
 
     /// Waits for an idle worker of `role`; `None` if `cancel` fires first.
-    pub async fn acquire(self: &Arc<Self>, role: &str, cancel: &mut watch::Receiver<bool>) -> Option<Lease> {
+    pub async fn acquire(
+        self: &Arc<Self>,
+        role: &str,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Option<Lease> {
         loop {
             let freed = self.freed.notified();
             if let Some(lease) = self.try_acquire(role) {
@@ -245,7 +250,11 @@ async fn sleep_until(at_ms: u64, cancel: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
-async fn turn(ctx: &Arc<SagaContext>, id: &JobId, cancel: &mut watch::Receiver<bool>) -> Result<Turn, StoreError> {
+async fn turn(
+    ctx: &Arc<SagaContext>,
+    id: &JobId,
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<Turn, StoreError> {
     let Some(state) = ctx.store.get(id)? else {
         return Ok(Turn::Done);
     };
@@ -260,37 +269,66 @@ async fn turn(ctx: &Arc<SagaContext>, id: &JobId, cancel: &mut watch::Receiver<b
         append(ctx, id, vec![Event::Cancelled { at: now_ms() }]).await?;
         return Ok(Turn::Done);
     }
-    let Some(step) = state.next_step() else {
-        append(ctx, id, vec![Event::Completed { at: now_ms() }]).await?;
-        return Ok(Turn::Done);
+    // A job whose step failed for good still tells its webhook and email, then ends failed.
+    let step = match &state.failing {
+        Some(reason) if !state.notification_pending() => {
+            let reason = reason.clone();
+            append(
+                ctx,
+                id,
+                vec![Event::Failed {
+                    reason,
+                    at: now_ms(),
+                }],
+            )
+            .await?;
+            return Ok(Turn::Done);
+        }
+        Some(_) => Step::Notify,
+        None => match state.next_step() {
+            Some(step) => step,
+            None => {
+                append(ctx, id, vec![Event::Completed { at: now_ms() }]).await?;
+                return Ok(Turn::Done);
+            }
+        },
     };
     if let Some(at) = state.next_retry_at {
         if !sleep_until(at, cancel).await {
-            return Ok(if *cancel.borrow() { Turn::Stopped } else { Turn::Continue });
+            return Ok(if *cancel.borrow() {
+                Turn::Stopped
+            } else {
+                Turn::Continue
+            });
         }
     }
     let limits = ctx.params.limits(step);
     let attempt = state.attempt(step) + 1;
     if attempt > limits.attempts {
-        let reason = state.error.clone().unwrap_or_else(|| {
-            Reason::new("step.attempts_exhausted", format!("{step} failed {} times", limits.attempts))
-        });
-        let reason = Reason::new(
-            reason.code,
-            format!("{} (gave up after {} attempts)", reason.message, limits.attempts),
-        );
-        append(ctx, id, vec![Event::Failed { reason, at: now_ms() }]).await?;
-        return Ok(Turn::Done);
+        return exhausted(ctx, &state, step, limits.attempts).await;
     }
     let Some(lease) = ctx.placement.acquire(role(step), cancel).await else {
         return Ok(Turn::Stopped);
     };
     // The job may have been cancelled while it waited for a worker.
-    if ctx.store.get(id)?.is_some_and(|now| now.cancel_requested || now.is_terminal()) {
+    if ctx
+        .store
+        .get(id)?
+        .is_some_and(|now| now.cancel_requested || now.is_terminal())
+    {
         return Ok(Turn::Continue);
     }
     let started = now_ms();
-    let state = append(ctx, id, vec![Event::StepStarted { step, attempt, at: started }]).await?;
+    let state = append(
+        ctx,
+        id,
+        vec![Event::StepStarted {
+            step,
+            attempt,
+            at: started,
+        }],
+    )
+    .await?;
     // Transcription also stops itself earlier, in proportion to the audio's duration.
     let deadline = started + limits.timeout.as_millis() as u64;
     let give_up_at = match step {
@@ -303,14 +341,22 @@ async fn turn(ctx: &Arc<SagaContext>, id: &JobId, cancel: &mut watch::Receiver<b
         step,
         attempt,
         spec: state.spec.clone(),
-        inputs: state.outputs.iter().map(|(step, output)| (*step, output.clone())).collect(),
+        inputs: state
+            .outputs
+            .iter()
+            .map(|(step, output)| (*step, output.clone()))
+            .collect(),
         delivered: state.delivered.clone(),
         deadline_ms: deadline,
         give_up_at_ms: give_up_at,
         max_attempts: limits.attempts,
+        failure: state.failing.clone(),
     };
     let timeout = Duration::from_millis(deadline.saturating_sub(started)) + Duration::from_secs(5);
-    let call = lease.actor.call(|reply| WorkerMsg::Run(Box::new(request), reply), Some(timeout));
+    let call = lease.actor.call(
+        |reply| WorkerMsg::Run(Box::new(request), reply),
+        Some(timeout),
+    );
     let watch_cancel = watch_for_cancel(ctx, id);
     let reply = tokio::select! {
         reply = call => Some(reply),
@@ -321,18 +367,80 @@ async fn turn(ctx: &Arc<SagaContext>, id: &JobId, cancel: &mut watch::Receiver<b
     let Some(reply) = reply else {
         // Cancelled or shutting down mid-step. On cancel the next turn compensates; on
         // shutdown the attempt stays open and counts as failed when the job resumes.
-        return Ok(if *cancel.borrow() { Turn::Stopped } else { Turn::Continue });
+        return Ok(if *cancel.borrow() {
+            Turn::Stopped
+        } else {
+            Turn::Continue
+        });
     };
     let reply = match reply {
         Ok(ractor::rpc::CallResult::Success(reply)) => reply,
-        Ok(ractor::rpc::CallResult::Timeout) => failed_reply(id, step, "step.timeout", format!("{step} did not finish within {} s", timeout.as_secs())),
-        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
-            failed_reply(id, step, "step.worker_lost", format!("the {step} worker stopped before answering"))
-        }
+        Ok(ractor::rpc::CallResult::Timeout) => failed_reply(
+            id,
+            step,
+            "step.timeout",
+            format!("{step} did not finish within {} s", timeout.as_secs()),
+        ),
+        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => failed_reply(
+            id,
+            step,
+            "step.worker_lost",
+            format!("the {step} worker stopped before answering"),
+        ),
     };
-    ctx.metrics.observe_step(step, reply.result.is_ok(), now_ms().saturating_sub(started));
+    ctx.metrics
+        .observe_step(step, reply.result.is_ok(), now_ms().saturating_sub(started));
     record(ctx, id, step, attempt, reply).await?;
     Ok(Turn::Continue)
+}
+
+/// A step used up its attempts. For notify, the channels still pending are given up and the
+/// job ends as it would have (a failed notification does not undo a transcript); any other
+/// step fails the job with its last error.
+async fn exhausted(
+    ctx: &SagaContext,
+    state: &JobState,
+    step: Step,
+    attempts: u32,
+) -> Result<Turn, StoreError> {
+    let at = now_ms();
+    let last = state
+        .error
+        .clone()
+        .unwrap_or_else(|| Reason::new("step.attempts_exhausted", format!("{step} failed")));
+    let reason = Reason::new(
+        last.code,
+        format!("{} (gave up after {attempts} attempts)", last.message),
+    );
+    if step != Step::Notify {
+        let event = Event::StepFailed {
+            step,
+            attempt: attempts,
+            reason,
+            retry_at: None,
+            at,
+        };
+        append(ctx, &state.id, vec![event]).await?;
+        return Ok(Turn::Continue);
+    }
+    let mut events: Vec<Event> = channels(&state.spec)
+        .into_iter()
+        .filter(|channel| !state.delivered.contains(channel) && !state.gave_up.contains(channel))
+        .map(|channel| Event::GaveUp {
+            channel,
+            reason: reason.clone(),
+            at,
+        })
+        .collect();
+    events.push(match &state.failing {
+        Some(failure) => Event::Failed {
+            reason: failure.clone(),
+            at,
+        },
+        None => Event::Completed { at },
+    });
+    append(ctx, &state.id, events).await?;
+    Ok(Turn::Done)
 }
 
 /// Resolves when the job gets a cancel request.
@@ -340,14 +448,26 @@ async fn watch_for_cancel(ctx: &SagaContext, id: &JobId) {
     let mut updates = ctx.hub.subscribe(id);
     loop {
         match updates.recv().await {
-            Ok(crate::hub::Update::State(state)) if state.cancel_requested || state.is_terminal() => return,
+            Ok(crate::hub::Update::State(state))
+                if state.cancel_requested || state.is_terminal() =>
+            {
+                return
+            }
             Ok(_) => {}
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                if ctx.store.get(id).ok().flatten().is_some_and(|state| state.cancel_requested) {
+                if ctx
+                    .store
+                    .get(id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|state| state.cancel_requested)
+                {
                     return;
                 }
             }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                std::future::pending::<()>().await
+            }
         }
     }
 }
@@ -356,7 +476,9 @@ fn failed_reply(id: &JobId, step: Step, code: &str, message: String) -> StepRepl
     StepReply {
         job_id: id.clone(),
         step,
-        result: Err(ytcaption_protocol::wire::StepFailure::transient(code, message)),
+        result: Err(ytcaption_protocol::wire::StepFailure::transient(
+            code, message,
+        )),
         deliveries: Vec::new(),
     }
 }
@@ -381,16 +503,30 @@ fn give_up_at(ctx: &SagaContext, id: &JobId, started: u64) -> Result<u64, StoreE
 }
 
 /// Writes a step's outcome: success, a retry, or the job's failure.
-async fn record(ctx: &SagaContext, id: &JobId, step: Step, attempt: u32, reply: StepReply) -> Result<(), StoreError> {
+async fn record(
+    ctx: &SagaContext,
+    id: &JobId,
+    step: Step,
+    attempt: u32,
+    reply: StepReply,
+) -> Result<(), StoreError> {
     let at = now_ms();
     let mut events: Vec<Event> = reply
         .deliveries
         .iter()
         .filter_map(|delivery| {
             if delivery.delivered {
-                Some(Event::Delivered { channel: delivery.channel, attempt, at })
+                Some(Event::Delivered {
+                    channel: delivery.channel,
+                    attempt,
+                    at,
+                })
             } else {
-                delivery.gave_up.clone().map(|reason| Event::GaveUp { channel: delivery.channel, reason, at })
+                delivery.gave_up.clone().map(|reason| Event::GaveUp {
+                    channel: delivery.channel,
+                    reason,
+                    at,
+                })
             }
         })
         .collect();
@@ -409,9 +545,15 @@ async fn record(ctx: &SagaContext, id: &JobId, step: Step, attempt: u32, reply: 
                     at,
                 });
             } else {
+                // Final: the fold marks the job failing; the next turn notifies, then fails it.
                 tracing::warn!(%step, attempt, reason = %failure.reason, "step failed; job fails");
-                events.push(Event::StepFailed { step, attempt, reason: failure.reason.clone(), retry_at: None, at });
-                events.push(Event::Failed { reason: failure.reason, at });
+                events.push(Event::StepFailed {
+                    step,
+                    attempt,
+                    reason: failure.reason,
+                    retry_at: None,
+                    at,
+                });
             }
         }
     }
@@ -427,13 +569,20 @@ async fn compensate(ctx: &Arc<SagaContext>, state: &JobState, cancel: &mut watch
 }
 
 /// Deletes every blob of a job through a Storage worker.
-pub async fn purge(ctx: &Arc<SagaContext>, id: &JobId, cancel: &mut watch::Receiver<bool>) -> Result<u64, String> {
+pub async fn purge(
+    ctx: &Arc<SagaContext>,
+    id: &JobId,
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<u64, String> {
     let Some(lease) = ctx.placement.acquire(crate::storer::ROLE, cancel).await else {
         return Err("shutting down".into());
     };
     match lease
         .actor
-        .call(|reply| WorkerMsg::Purge(id.clone(), reply), Some(ctx.params.store.timeout))
+        .call(
+            |reply| WorkerMsg::Purge(id.clone(), reply),
+            Some(ctx.params.store.timeout),
+        )
         .await
     {
         Ok(ractor::rpc::CallResult::Success(result)) => result,
@@ -471,7 +620,13 @@ mod tests {
         assert_eq!(backoff.delay(30, middle), Duration::from_secs(100));
         let low = backoff.delay(3, 0);
         let high = backoff.delay(3, u64::MAX);
-        assert!(low >= Duration::from_secs_f64(3.19) && low < Duration::from_secs(4), "{low:?}");
-        assert!(high > Duration::from_secs(4) && high <= Duration::from_secs_f64(4.81), "{high:?}");
+        assert!(
+            low >= Duration::from_secs_f64(3.19) && low < Duration::from_secs(4),
+            "{low:?}"
+        );
+        assert!(
+            high > Duration::from_secs(4) && high <= Duration::from_secs_f64(4.81),
+            "{high:?}"
+        );
     }
 }

@@ -99,7 +99,12 @@ pub struct ListFilter {
 
 impl Store {
     /// Opens (or creates) the log at `dir`. `queue` bounds the writes waiting for the writer.
-    pub fn open(dir: &Path, queue: usize, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+    pub fn open(
+        dir: &Path,
+        queue: usize,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(16 << 20)
@@ -201,7 +206,10 @@ impl Store {
             let (key, value) = entry?;
             let state: JobState = decode(&key, &value)?;
             if state.deleted
-                || filter.owner.as_ref().is_some_and(|owner| *owner != state.spec.owner)
+                || filter
+                    .owner
+                    .as_ref()
+                    .is_some_and(|owner| *owner != state.spec.owner)
                 || filter.stage.is_some_and(|stage| stage != state.stage)
             {
                 continue;
@@ -221,7 +229,10 @@ impl Store {
     }
 
     /// Every job matching `keep`.
-    pub fn all_states(&self, keep: impl Fn(&JobState) -> bool) -> Result<Vec<JobState>, StoreError> {
+    pub fn all_states(
+        &self,
+        keep: impl Fn(&JobState) -> bool,
+    ) -> Result<Vec<JobState>, StoreError> {
         let mut out = Vec::new();
         for entry in self.tree.scan_prefix(b"j/") {
             let (key, value) = entry?;
@@ -313,8 +324,14 @@ fn read_state(tree: &sled::Tree, id: &JobId) -> Result<Option<JobState>, StoreEr
 
 /// What one batch will answer once it is on disk.
 enum Answer {
-    Submitted(oneshot::Sender<Result<Submitted, StoreError>>, Result<Submitted, StoreError>),
-    State(oneshot::Sender<Result<JobState, StoreError>>, Result<JobState, StoreError>),
+    Submitted(
+        oneshot::Sender<Result<Submitted, StoreError>>,
+        Result<Submitted, StoreError>,
+    ),
+    State(
+        oneshot::Sender<Result<JobState, StoreError>>,
+        Result<JobState, StoreError>,
+    ),
     Closed(oneshot::Sender<()>),
 }
 
@@ -397,7 +414,9 @@ fn visible_stage(state: &JobState) -> Option<Stage> {
 }
 
 fn write_error(error: &str) -> StoreError {
-    StoreError::Db(sled::Error::Unsupported(format!("batch write failed: {error}")))
+    StoreError::Db(sled::Error::Unsupported(format!(
+        "batch write failed: {error}"
+    )))
 }
 
 /// One group-commit batch being assembled: the states it changes, by job.
@@ -426,9 +445,7 @@ impl Batch<'_> {
                 self.submit(*state, *spec_event, idempotency, idempotency_ttl_ms),
             ),
             Op::Append { id, events, reply } => Answer::State(reply, self.append(&id, events)),
-            Op::Tombstone { id, event, reply } => {
-                Answer::State(reply, self.tombstone(&id, event))
-            }
+            Op::Tombstone { id, event, reply } => Answer::State(reply, self.tombstone(&id, event)),
             // The write loop takes shutdown requests out before applying a batch.
             Op::Shutdown(reply) => Answer::Closed(reply),
         }
@@ -479,7 +496,8 @@ impl Batch<'_> {
                 }),
             );
         }
-        self.writes.insert(event_key(&state.id, 0), encode(&accepted));
+        self.writes
+            .insert(event_key(&state.id, 0), encode(&accepted));
         self.writes.insert(state_key(&state.id), encode(&state));
         self.dirty = true;
         self.states.insert(state.id.clone(), state.clone());
@@ -495,7 +513,8 @@ impl Batch<'_> {
             return Err(StoreError::NotFound);
         }
         for event in &events {
-            self.writes.insert(event_key(id, state.events), encode(event));
+            self.writes
+                .insert(event_key(id, state.events), encode(event));
             state.apply(event);
         }
         self.writes.insert(state_key(id), encode(&state));
@@ -553,7 +572,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let job = state(1, "a");
         runtime().block_on(async {
-            let store = Store::open(dir.path(), 16, Arc::new(Hub::default()), Arc::default()).unwrap();
+            let store =
+                Store::open(dir.path(), 16, Arc::new(Hub::default()), Arc::default()).unwrap();
             store.submit(job.clone(), None, 0).await.unwrap();
             store
                 .append(
@@ -581,7 +601,8 @@ mod tests {
         });
         // Reopen: the state is there, and equals the fold of the events.
         runtime().block_on(async {
-            let store = Store::open(dir.path(), 16, Arc::new(Hub::default()), Arc::default()).unwrap();
+            let store =
+                Store::open(dir.path(), 16, Arc::new(Hub::default()), Arc::default()).unwrap();
             let cached = store.get(&job.id).unwrap().unwrap();
             let events = store.events(&job.id).unwrap();
             assert_eq!(events.len(), 3);
@@ -600,7 +621,8 @@ mod tests {
     fn idempotency_keys_return_the_first_job_even_within_one_batch() {
         let dir = tempfile::tempdir().unwrap();
         runtime().block_on(async {
-            let store = Store::open(dir.path(), 64, Arc::new(Hub::default()), Arc::default()).unwrap();
+            let store =
+                Store::open(dir.path(), 64, Arc::new(Hub::default()), Arc::default()).unwrap();
             let key = Some(("alice".to_owned(), "k1".to_owned()));
             let (first, second) = tokio::join!(
                 store.submit(state(1, "alice"), key.clone(), 60_000),
@@ -629,7 +651,8 @@ mod tests {
     fn listing_pages_newest_first_and_filters() {
         let dir = tempfile::tempdir().unwrap();
         runtime().block_on(async {
-            let store = Store::open(dir.path(), 64, Arc::new(Hub::default()), Arc::default()).unwrap();
+            let store =
+                Store::open(dir.path(), 64, Arc::new(Hub::default()), Arc::default()).unwrap();
             for n in 0..5 {
                 let owner = if n % 2 == 0 { "a" } else { "b" };
                 store.submit(state(n, owner), None, 0).await.unwrap();
@@ -682,7 +705,9 @@ mod tests {
             assert!(store.get(&failed).unwrap().unwrap().deleted);
             assert!(store.list(&only_failed).unwrap().0.is_empty());
             assert!(matches!(
-                store.append(&failed, vec![Event::Completed { at: 1 }]).await,
+                store
+                    .append(&failed, vec![Event::Completed { at: 1 }])
+                    .await,
                 Err(StoreError::NotFound)
             ));
         });

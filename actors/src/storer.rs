@@ -33,16 +33,24 @@ fn failure(error: &StorageError) -> StepFailure {
 
 impl StoreWork {
     async fn store(&self, request: &StepRequest) -> Result<StepOutput, StepFailure> {
-        let Some(StepOutput::Transcribed { transcript_key: json_key, .. }) = request.input(Step::Transcribe) else {
-            return Err(StepFailure::permanent("saga.missing_input", "store ran before transcribe"));
+        let Some(StepOutput::Transcribed {
+            transcript_key: json_key,
+            ..
+        }) = request.input(Step::Transcribe)
+        else {
+            return Err(StepFailure::permanent(
+                "saga.missing_input",
+                "store ran before transcribe",
+            ));
         };
         let json = self
             .storage
             .get_bytes(json_key, MAX_TRANSCRIPT_BYTES)
             .await
             .map_err(|error| failure(&error))?;
-        let transcript: Transcript = serde_json::from_slice(&json)
-            .map_err(|error| StepFailure::permanent("storage.corrupt_transcript", error.to_string()))?;
+        let transcript: Transcript = serde_json::from_slice(&json).map_err(|error| {
+            StepFailure::permanent("storage.corrupt_transcript", error.to_string())
+        })?;
         let mut formats = BTreeMap::new();
         formats.insert(Format::Json, json_key.clone());
         for format in &request.spec.formats {
@@ -51,14 +59,21 @@ impl StoreWork {
             }
             let key = transcript_key(&request.job_id, *format);
             self.storage
-                .put_bytes(&key, format.render(&transcript).into_bytes(), format.content_type())
+                .put_bytes(
+                    &key,
+                    format.render(&transcript).into_bytes(),
+                    format.content_type(),
+                )
                 .await
                 .map_err(|error| failure(&error))?;
             formats.insert(*format, key);
         }
         if !self.keep_media {
             if let Some(StepOutput::Downloaded { media_key, .. }) = request.input(Step::Download) {
-                self.storage.delete(media_key).await.map_err(|error| failure(&error))?;
+                self.storage
+                    .delete(media_key)
+                    .await
+                    .map_err(|error| failure(&error))?;
             }
         }
         Ok(StepOutput::Stored { formats })

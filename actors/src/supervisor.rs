@@ -267,7 +267,14 @@ impl SupervisorState {
         if let (Some(hook), Some(spec)) = (&self.on_restart, self.specs.get(name)) {
             hook(spec, reason);
         }
-        tracing::warn!(child = name, failures = count, ?state, delay_ms = delay.as_millis() as u64, reason, "child failed");
+        tracing::warn!(
+            child = name,
+            failures = count,
+            ?state,
+            delay_ms = delay.as_millis() as u64,
+            reason,
+            "child failed"
+        );
         myself.send_after(delay, {
             let name = name.to_owned();
             move || SupervisorMsg::Start(name)
@@ -400,7 +407,8 @@ mod tests {
                 let starts = starts.clone();
                 Box::pin(async move {
                     let (actor, _) =
-                        Actor::spawn_linked(Some("flaky-1".into()), Flaky, starts, supervisor).await?;
+                        Actor::spawn_linked(Some("flaky-1".into()), Flaky, starts, supervisor)
+                            .await?;
                     Ok(actor.get_cell())
                 })
             }),
@@ -466,7 +474,11 @@ mod tests {
         let tripped = Instant::now();
         assert!(!status.available("flaky"));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(starts.load(Ordering::SeqCst), 3, "restarted during the cool-down");
+        assert_eq!(
+            starts.load(Ordering::SeqCst),
+            3,
+            "restarted during the cool-down"
+        );
         wait_for(|| starts.load(Ordering::SeqCst) == 4).await;
         assert!(tripped.elapsed() >= Duration::from_millis(350));
         wait_for(|| status.available("flaky")).await;

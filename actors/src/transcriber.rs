@@ -147,16 +147,24 @@ fn engine_failure(error: &EngineError, media: &Path) -> StepFailure {
         }
         EngineError::RuntimeMissing(_) => StepFailure::transient("engine.runtime_missing", message),
         EngineError::Runtime(_) => StepFailure::transient("engine.runtime", message),
-        EngineError::Cancelled => StepFailure::transient("step.timeout", "transcription ran past its deadline"),
+        EngineError::Cancelled => {
+            StepFailure::transient("step.timeout", "transcription ran past its deadline")
+        }
     }
 }
 
 impl TranscribeWork {
     /// The media as a local file: in place for local storage, else fetched into the spool.
     /// The second value is a temp copy to remove afterwards.
-    async fn local_media(&self, request: &StepRequest) -> Result<(PathBuf, Option<PathBuf>), StepFailure> {
+    async fn local_media(
+        &self,
+        request: &StepRequest,
+    ) -> Result<(PathBuf, Option<PathBuf>), StepFailure> {
         let Some(StepOutput::Downloaded { media_key, .. }) = request.input(Step::Download) else {
-            return Err(StepFailure::permanent("saga.missing_input", "transcribe ran before download"));
+            return Err(StepFailure::permanent(
+                "saga.missing_input",
+                "transcribe ran before download",
+            ));
         };
         if let Some(path) = self.storage.local_path(media_key) {
             return Ok((path, None));
@@ -189,8 +197,12 @@ impl TranscribeWork {
                 retryable: error.retryable(),
             })?;
         if transcript.duration > 0.0 {
-            self.metrics.realtime_factor.observe(stats.total_seconds / transcript.duration);
-            self.metrics.audio_seconds.inc_by(transcript.duration as u64);
+            self.metrics
+                .realtime_factor
+                .observe(stats.total_seconds / transcript.duration);
+            self.metrics
+                .audio_seconds
+                .inc_by(transcript.duration as u64);
         }
         Ok(StepOutput::Transcribed {
             transcript_key: key,
@@ -201,9 +213,16 @@ impl TranscribeWork {
         })
     }
 
-    async fn transcribe_local(&self, request: &StepRequest, media: &Path) -> Result<(Transcript, Stats), StepFailure> {
+    async fn transcribe_local(
+        &self,
+        request: &StepRequest,
+        media: &Path,
+    ) -> Result<(Transcript, Stats), StepFailure> {
         let spec = &request.spec;
-        let model = spec.model.clone().unwrap_or_else(|| self.params.default_model.clone());
+        let model = spec
+            .model
+            .clone()
+            .unwrap_or_else(|| self.params.default_model.clone());
         let cancel = Arc::new(AtomicBool::new(false));
         let options = TranscribeOptions {
             language: spec.language.clone(),
@@ -229,7 +248,9 @@ impl TranscribeWork {
             let source = AudioSource::open(&media)?;
             let started = Instant::now();
             let limit = source.duration_hint().map(|seconds| {
-                params.min_timeout.max(Duration::from_secs_f64(seconds * params.per_audio_second))
+                params
+                    .min_timeout
+                    .max(Duration::from_secs_f64(seconds * params.per_audio_second))
             });
             if let Some(seconds) = source.duration_hint() {
                 if seconds > params.max_duration.as_secs_f64() {
@@ -254,7 +275,10 @@ impl TranscribeWork {
         });
         match task.await {
             Ok(result) => result.map_err(|error| engine_failure(&error, &media_path)),
-            Err(join) => Err(StepFailure::transient("engine.panic", format!("the transcription thread failed: {join}"))),
+            Err(join) => Err(StepFailure::transient(
+                "engine.panic",
+                format!("the transcription thread failed: {join}"),
+            )),
         }
     }
 }

@@ -1,124 +1,39 @@
-//! ytcaption configuration: where data and models live, and (later) the node's whole
-//! configuration, parsed and validated before any port is bound.
+//! ytcaption configuration: one TOML file, `YTCAPTION_*` environment overrides and built-in
+//! defaults, parsed and validated as a whole before any port is bound.
 //!
-//! Resolution order for directories, most specific first, matching `deploy/model/install.sh`:
-//! models dir = `--models-dir` / `YTCAPTION_MODELS_DIR`, else `<data dir>/models`;
-//! data dir = `--data-dir` / `YTCAPTION_DATA_DIR`, else `$XDG_DATA_HOME/ytcaption`,
-//! else `$HOME/.local/share/ytcaption`.
+//! # Layout
+//! - [`schema`]: the [`Config`] structs; `Default` is the built-in default of every key.
+//! - [`load`]: [`Config::load`]: defaults, then the file, then the environment, merged into one
+//!   TOML tree and deserialized once, then [`Config::validate`].
+//! - [`validate`]: the semantic checks, all run, all reported ([`ConfigErrors`]).
+//! - [`units`]: `"30s"` durations and `"2GiB"` sizes.
+//! - [`keys`]: API key hashing and constant-time matching.
+//! - [`net`]: CIDR blocks for the `allow_private` lists.
+//! - [`dirs`]: data and models directories (also used by the CLI without a config file).
+//!
+//! `deploy/config/ytcaption.example.toml` lists every key with its default; tests keep it in
+//! step with the schema.
 
-use std::path::{Path, PathBuf};
+pub mod dirs;
+pub mod error;
+pub mod keys;
+pub mod load;
+pub mod net;
+mod resolve;
+pub mod schema;
+pub mod units;
+pub mod validate;
 
-/// Environment variable naming the data directory.
-pub const DATA_DIR_ENV: &str = "YTCAPTION_DATA_DIR";
-/// Environment variable naming the models directory.
-pub const MODELS_DIR_ENV: &str = "YTCAPTION_MODELS_DIR";
+pub use dirs::{data_dir, models_dir, ConfigError, DATA_DIR_ENV, MODELS_DIR_ENV};
+pub use error::{ConfigErrors, ConfigIssue};
+pub use keys::hash_api_key;
+pub use load::{ENV_PREFIX, NON_CONFIG_ENV};
+pub use net::{Cidr, CidrError};
+pub use schema::{
+    ApiKey, Auth, Backend, Config, Downloader, Http, Jobs, Local, Log, LogFormat, Notify, Retry,
+    Role, Smtp, SmtpSecurity, Step, Storage, Supervisor, Transcriber, S3,
+};
+pub use units::{Size, UnitError};
+
 /// The model used when none is named.
 pub const DEFAULT_MODEL: &str = "base";
-
-/// A directory could not be determined.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot find a data directory: set {DATA_DIR_ENV} or HOME")]
-    NoDataDir,
-}
-
-/// The data directory: explicit choice, then the environment, then the XDG default.
-pub fn data_dir(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
-    data_dir_from(explicit, |name| {
-        std::env::var_os(name).filter(|v| !v.is_empty())
-    })
-}
-
-/// The models directory: explicit choice, then the environment, then `<data dir>/models`.
-pub fn models_dir(explicit: Option<&Path>, data_dir: &Path) -> PathBuf {
-    models_dir_from(explicit, data_dir, |name| {
-        std::env::var_os(name).filter(|v| !v.is_empty())
-    })
-}
-
-fn data_dir_from(
-    explicit: Option<&Path>,
-    env: impl Fn(&str) -> Option<std::ffi::OsString>,
-) -> Result<PathBuf, ConfigError> {
-    if let Some(dir) = explicit {
-        return Ok(dir.to_path_buf());
-    }
-    if let Some(dir) = env(DATA_DIR_ENV) {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Some(xdg) = env("XDG_DATA_HOME") {
-        return Ok(PathBuf::from(xdg).join("ytcaption"));
-    }
-    env("HOME")
-        .map(|home| PathBuf::from(home).join(".local/share/ytcaption"))
-        .ok_or(ConfigError::NoDataDir)
-}
-
-fn models_dir_from(
-    explicit: Option<&Path>,
-    data_dir: &Path,
-    env: impl Fn(&str) -> Option<std::ffi::OsString>,
-) -> PathBuf {
-    explicit
-        .map(Path::to_path_buf)
-        .or_else(|| env(MODELS_DIR_ENV).map(PathBuf::from))
-        .unwrap_or_else(|| data_dir.join("models"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-    use std::ffi::OsString;
-
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
-        let map: HashMap<String, OsString> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), OsString::from(v)))
-            .collect();
-        move |name| map.get(name).cloned()
-    }
-
-    #[test]
-    fn data_dir_prefers_explicit_then_env_then_xdg_then_home() {
-        let all = env_of(&[
-            (DATA_DIR_ENV, "/env"),
-            ("XDG_DATA_HOME", "/xdg"),
-            ("HOME", "/h"),
-        ]);
-        assert_eq!(
-            data_dir_from(Some(Path::new("/x")), &all).unwrap(),
-            Path::new("/x")
-        );
-        assert_eq!(data_dir_from(None, &all).unwrap(), Path::new("/env"));
-        let xdg = env_of(&[("XDG_DATA_HOME", "/xdg"), ("HOME", "/h")]);
-        assert_eq!(
-            data_dir_from(None, &xdg).unwrap(),
-            Path::new("/xdg/ytcaption")
-        );
-        let home = env_of(&[("HOME", "/h")]);
-        assert_eq!(
-            data_dir_from(None, &home).unwrap(),
-            Path::new("/h/.local/share/ytcaption")
-        );
-        assert!(matches!(
-            data_dir_from(None, env_of(&[])),
-            Err(ConfigError::NoDataDir)
-        ));
-    }
-
-    #[test]
-    fn models_dir_prefers_explicit_then_env_then_data_dir() {
-        let env = env_of(&[(MODELS_DIR_ENV, "/m")]);
-        let data = Path::new("/d");
-        assert_eq!(
-            models_dir_from(Some(Path::new("/x")), data, &env),
-            Path::new("/x")
-        );
-        assert_eq!(models_dir_from(None, data, &env), Path::new("/m"));
-        assert_eq!(
-            models_dir_from(None, data, env_of(&[])),
-            Path::new("/d/models")
-        );
-    }
-}

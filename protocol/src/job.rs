@@ -391,6 +391,9 @@ pub struct JobState {
     pub next_retry_at: Option<u64>,
     pub delivered: Vec<Channel>,
     pub gave_up: Vec<Channel>,
+    /// A step failed for good: the job tells its webhook and email, then ends `failed`.
+    #[serde(default)]
+    pub failing: Option<Reason>,
     pub cancel_requested: bool,
     pub deleted: bool,
     /// Number of events folded so far: the next event's sequence number.
@@ -415,6 +418,7 @@ impl JobState {
             next_retry_at: None,
             delivered: Vec::new(),
             gave_up: Vec::new(),
+            failing: None,
             cancel_requested: false,
             deleted: false,
             events: 1,
@@ -452,6 +456,10 @@ impl JobState {
                 self.step_started_at = None;
                 self.error = Some(reason.clone());
                 self.next_retry_at = *retry_at;
+                if retry_at.is_none() && self.failing.is_none() {
+                    self.failing = Some(reason.clone());
+                    self.stage = Stage::Notifying;
+                }
             }
             Event::Delivered { channel, .. } => {
                 if !self.delivered.contains(channel) {
@@ -478,11 +486,14 @@ impl JobState {
                 self.error = None;
                 self.finish(*at);
             }
-            Event::RetryRequested { .. } if matches!(self.stage, Stage::Failed | Stage::Cancelled) => {
+            Event::RetryRequested { .. }
+                if matches!(self.stage, Stage::Failed | Stage::Cancelled) =>
+            {
                 self.stage = self.resume_stage();
                 self.attempts.clear();
                 self.error = None;
                 self.finished_at = None;
+                self.failing = None;
                 self.cancel_requested = false;
                 self.next_retry_at = None;
             }
@@ -511,6 +522,17 @@ impl JobState {
 
     pub fn is_terminal(&self) -> bool {
         self.stage.is_terminal() || self.deleted
+    }
+
+    /// True while a requested notification channel is neither delivered nor given up.
+    pub fn notification_pending(&self) -> bool {
+        let wanted = [
+            (Channel::Webhook, self.spec.webhook_url.is_some()),
+            (Channel::Email, self.spec.email.is_some()),
+        ];
+        wanted.iter().any(|(channel, asked)| {
+            *asked && !self.delivered.contains(channel) && !self.gave_up.contains(channel)
+        })
     }
 
     /// The first step without a recorded output: where the saga resumes.

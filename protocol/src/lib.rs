@@ -16,6 +16,8 @@ pub mod render;
 pub mod transcript;
 pub mod wire;
 
-pub use job::{Channel, Event, JobId, JobSpec, JobState, Reason, Source, Stage, Step, StepOutput, Task};
+pub use job::{
+    Channel, Event, JobId, JobSpec, JobState, Reason, Source, Stage, Step, StepOutput, Task,
+};
 pub use render::{Format, UnknownFormat};
 pub use transcript::{Segment, Transcript, Word};

@@ -41,6 +41,9 @@ pub struct StepRequest {
     pub give_up_at_ms: Option<u64>,
     /// The step's attempt limit: the last attempt gives up on what still fails.
     pub max_attempts: u32,
+    /// Notify step only: the job failed for this reason (tell that instead of success).
+    #[serde(default)]
+    pub failure: Option<Reason>,
 }
 
 impl StepRequest {
@@ -208,6 +211,7 @@ mod tests {
             deadline_ms: 123,
             give_up_at_ms: None,
             max_attempts: 3,
+            failure: None,
         }
     }
 
@@ -234,7 +238,10 @@ mod tests {
         ));
         let mut older = good.clone();
         older[4..6].copy_from_slice(&0u16.to_le_bytes());
-        assert_eq!(decode::<StepRequest>(&older).unwrap_err().code(), "wire.version");
+        assert_eq!(
+            decode::<StepRequest>(&older).unwrap_err().code(),
+            "wire.version"
+        );
         for cut in [5, 7, good.len() / 2, good.len() - 1] {
             assert!(decode::<StepRequest>(&good[..cut]).is_err(), "cut at {cut}");
         }

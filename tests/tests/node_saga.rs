@@ -1,0 +1,239 @@
+//! The node's actor system in-process: a real job through the real saga (supervisor,
+//! JobManager, workers, sled job log, local storage, the real model), then a restart on the
+//! same data directory.
+
+mod common;
+
+use std::time::Duration;
+
+use ytcaption_actors::hub::Update;
+use ytcaption_actors::node::Node;
+use ytcaption_config::Config;
+use ytcaption_protocol::{Format, JobSpec, JobState, Source, Stage, Task};
+
+fn config(data: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.data_dir = Some(data.to_path_buf());
+    // The models `make model` installed, wherever this machine keeps them.
+    let home = ytcaption_config::data_dir(None).unwrap();
+    config.models_dir = Some(ytcaption_config::models_dir(None, &home));
+    config.transcriber.model = "tiny.en".into();
+    config.transcriber.preload = false;
+    config.jobs.retry.base = Duration::from_millis(50);
+    config.jobs.retry.cap = Duration::from_millis(200);
+    config
+}
+
+fn spec(source: Source) -> JobSpec {
+    JobSpec {
+        source,
+        language: None,
+        task: Task::Transcribe,
+        model: None,
+        formats: vec![Format::Srt, Format::Txt],
+        webhook_url: None,
+        email: None,
+        prompt: None,
+        word_timestamps: true,
+        owner: "anonymous".into(),
+    }
+}
+
+async fn wait_terminal(node: &Node, job: &JobState) -> JobState {
+    let mut updates = node.subscribe(&job.id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = node.job(&job.id).unwrap().unwrap();
+        if state.is_terminal() {
+            return state;
+        }
+        match tokio::time::timeout_at(deadline, updates.recv()).await {
+            Ok(Ok(Update::State(state))) if state.is_terminal() => return (*state).clone(),
+            Ok(_) => {}
+            Err(_) => panic!("job did not finish: {state:?}"),
+        }
+    }
+}
+
+async fn upload(node: &Node, name: &str) -> JobState {
+    let id = node.new_job_id();
+    let key = ytcaption_protocol::job::media_key(&id);
+    let path = common::fixture(name);
+    let info = node.storage().put_file(&key, &path).await.unwrap();
+    let source = Source::Upload {
+        key,
+        filename: name.into(),
+        bytes: info.size,
+    };
+    JobState::new(id, spec(source), ytcaption_actors::saga::now_ms())
+}
+
+/// Actor names and process groups are global to a process: one node at a time per test binary.
+static ONE_NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Starts a node, waiting for a previous one on the same data directory to let go of it.
+async fn start(config: Config) -> Node {
+    for _ in 0..100 {
+        match Node::start(config.clone()).await {
+            Ok(node) => return node,
+            Err(error) if error.to_string().contains("lock") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("node start: {error}"),
+        }
+    }
+    panic!("the job log stayed locked");
+}
+
+async fn stop(node: Node) {
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_file_is_transcribed_and_stored() {
+    let _one = ONE_NODE.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let node = start(config(data.path())).await;
+    let job = upload(&node, "weather_festival.wav").await;
+    let submitted = node
+        .submit(job.clone(), Some("key-1".into()))
+        .await
+        .unwrap();
+    assert!(submitted.created);
+    // The same idempotency key returns the same job.
+    let again = node
+        .submit(
+            upload(&node, "weather_festival.wav").await,
+            Some("key-1".into()),
+        )
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.state.id, job.id);
+
+    let done = wait_terminal(&node, &job).await;
+    assert_eq!(done.stage, Stage::Completed, "{done:?}");
+    let text = String::from_utf8(node.transcript(&done, Format::Txt).await.unwrap()).unwrap();
+    let expected = common::expected_text("weather_festival");
+    let wer = common::wer(&expected, &text);
+    assert!(wer < 0.15, "wer {wer}: {text}");
+    let srt = String::from_utf8(node.transcript(&done, Format::Srt).await.unwrap()).unwrap();
+    assert!(srt.starts_with("1\n00:00:"), "{srt}");
+    // VTT was not stored, but renders from the JSON transcript.
+    let vtt = String::from_utf8(node.transcript(&done, Format::Vtt).await.unwrap()).unwrap();
+    assert!(vtt.starts_with("WEBVTT"), "{vtt}");
+    // The media is gone after transcription; the transcripts stay.
+    let key = ytcaption_protocol::job::media_key(&job.id);
+    assert!(!node.storage().exists(&key).await.unwrap());
+    let events = node.events(&job.id).unwrap();
+    let names: Vec<&str> = events.iter().map(|event| event.name()).collect();
+    assert_eq!(names.first(), Some(&"accepted"));
+    assert_eq!(names.last(), Some(&"completed"));
+
+    stop(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_interrupted_mid_transcription_resumes_after_a_restart() {
+    let _one = ONE_NODE.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let node = start(config(data.path())).await;
+    let job = upload(&node, "long.wav").await;
+    node.submit(job.clone(), None).await.unwrap();
+    // Stop while the transcriber is working.
+    let mut updates = node.subscribe(&job.id);
+    loop {
+        if let Ok(Update::Progress { .. }) = updates.recv().await {
+            break;
+        }
+    }
+    stop(node).await;
+    let interrupted = {
+        let node = start(config(data.path())).await;
+        let state = node.job(&job.id).unwrap().unwrap();
+        let done = wait_terminal(&node, &state).await;
+        stop(node).await;
+        (state, done)
+    };
+    let (before, done) = interrupted;
+    assert_eq!(
+        before.attempt(ytcaption_protocol::Step::Transcribe),
+        1,
+        "{before:?}"
+    );
+    assert_eq!(done.stage, Stage::Completed, "{done:?}");
+    // The interrupted attempt counted; the second one finished.
+    assert_eq!(done.attempt(ytcaption_protocol::Step::Transcribe), 2);
+    assert!(done
+        .timings
+        .contains_key(&ytcaption_protocol::Step::Transcribe));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_media_fails_with_its_reason_and_cancel_removes_blobs() {
+    let _one = ONE_NODE.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let node = start(config(data.path())).await;
+
+    let text = data.path().join("notes.txt");
+    std::fs::write(
+        &text,
+        "this is not audio at all, just some text\n".repeat(50),
+    )
+    .unwrap();
+    let id = node.new_job_id();
+    let key = ytcaption_protocol::job::media_key(&id);
+    let info = node.storage().put_file(&key, &text).await.unwrap();
+    let bad = JobState::new(
+        id,
+        spec(Source::Upload {
+            key,
+            filename: "notes.txt".into(),
+            bytes: info.size,
+        }),
+        ytcaption_actors::saga::now_ms(),
+    );
+    node.submit(bad.clone(), None).await.unwrap();
+    let failed = wait_terminal(&node, &bad).await;
+    assert_eq!(failed.stage, Stage::Failed);
+    assert_eq!(
+        failed.error.as_ref().map(|r| r.code.as_str()),
+        Some("media.not_media"),
+        "{failed:?}"
+    );
+    // A permanent failure is not retried.
+    assert_eq!(failed.attempt(ytcaption_protocol::Step::Transcribe), 1);
+    assert!(!failed
+        .error
+        .as_ref()
+        .unwrap()
+        .message
+        .contains(data.path().to_str().unwrap()));
+
+    // Cancel mid-transcription: the job ends cancelled and its blobs are gone.
+    let long = upload(&node, "long.wav").await;
+    node.submit(long.clone(), None).await.unwrap();
+    let mut updates = node.subscribe(&long.id);
+    loop {
+        if let Ok(Update::Progress { .. }) = updates.recv().await {
+            break;
+        }
+    }
+    let requested = node.cancel(&long.id).await.unwrap();
+    assert!(requested.cancel_requested);
+    let cancelled = wait_terminal(&node, &long).await;
+    assert_eq!(cancelled.stage, Stage::Cancelled);
+    let left = node
+        .storage()
+        .list(&ytcaption_protocol::job::job_prefix(&long.id))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    // Cancelling again is a conflict; a retry runs it again from where it stopped.
+    assert!(node.cancel(&long.id).await.is_err());
+    // Deleting a finished job leaves only a tombstone.
+    node.delete(&failed.id).await.unwrap();
+    assert!(node.job(&failed.id).unwrap().is_none());
+    assert!(node.events(&failed.id).unwrap().is_empty());
+    stop(node).await;
+}
