@@ -212,6 +212,10 @@ fn follow(api: &Api, id: &str) -> anyhow::Result<Value> {
             return Ok(view);
         }
         match result {
+            Err(error) if error.code() == "job.not_found" => {
+                bar.abandon();
+                anyhow::bail!("job {id} no longer exists (deleted?)");
+            }
             Err(error) if !error.retryable() => {
                 bar.abandon();
                 return Err(error.into());

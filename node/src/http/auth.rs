@@ -89,7 +89,12 @@ impl AuthError {
 
 impl From<AuthError> for Problem {
     fn from(error: AuthError) -> Problem {
-        Problem::unauthorized(error.code(), error.to_string())
+        let problem = Problem::unauthorized(error.code(), error.to_string());
+        if error.retryable() {
+            problem.retry_after(super::problem::RETRY_AFTER_SECONDS)
+        } else {
+            problem
+        }
     }
 }
 

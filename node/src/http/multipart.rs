@@ -107,12 +107,9 @@ impl From<FormError> for Problem {
             FormError::Spool(_) => "cannot stage the upload on the node; retry later".to_owned(),
             other => other.to_string(),
         };
-        let problem = Problem::new(status, error.code(), detail);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            problem.retry_after(5)
-        } else {
-            problem
-        }
+        // A slow client (408) retries on its own terms; a full spool is worth a Retry-After.
+        let node_trouble = error.retryable() && status == StatusCode::SERVICE_UNAVAILABLE;
+        Problem::from_error(status, error.code(), detail, node_trouble)
     }
 }
 

@@ -13,6 +13,9 @@ use serde_json::json;
 
 use super::{full, Response};
 
+/// `Retry-After` of errors that are the node's transient trouble.
+pub const RETRY_AFTER_SECONDS: u64 = 5;
+
 /// How errors are written on a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
@@ -136,6 +139,22 @@ impl Problem {
             "internal",
             "internal error; it has been logged",
         )
+    }
+
+    /// A typed error as a problem; a retryable one (the node's trouble, not the request's)
+    /// tells the client when to come back.
+    pub fn from_error(
+        status: StatusCode,
+        code: &'static str,
+        detail: impl Into<String>,
+        retryable: bool,
+    ) -> Problem {
+        let problem = Problem::new(status, code, detail);
+        if retryable {
+            problem.retry_after(RETRY_AFTER_SECONDS)
+        } else {
+            problem
+        }
     }
 
     pub fn retry_after(mut self, seconds: u64) -> Problem {

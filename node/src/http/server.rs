@@ -47,7 +47,7 @@ pub async fn run(
     listener: TcpListener,
     app: Arc<App>,
     params: ServerParams,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> usize {
     let max = params.max_connections.max(1);
     let slots = Arc::new(Semaphore::new(max));
@@ -65,7 +65,7 @@ pub async fn run(
                 Ok(permit) => permit,
                 Err(_) => break,
             },
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = until_stopped(shutdown.clone()) => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -77,7 +77,7 @@ pub async fn run(
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = until_stopped(shutdown.clone()) => break,
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
@@ -108,19 +108,31 @@ pub async fn run(
     }
 }
 
+/// Returns once the stop flag is set (or its sender is gone).
+async fn until_stopped(mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     app: Arc<App>,
     builder: &http1::Builder,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let service = service_fn(move |request| handle(app.clone(), request));
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = shutdown.wait_for(|stop| *stop) => {
+        _ = until_stopped(shutdown.clone()) => {
             // Finish the request in flight (if any), then close.
             connection.as_mut().graceful_shutdown();
             connection.as_mut().await

@@ -100,9 +100,16 @@ pub struct Call {
 /// Errors of request bodies, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request body that could not be read (the connection broke, a protocol error). A
+/// concrete type rather than [`BoxError`]: boxed trait objects in handler futures defeat the
+/// compiler's proof that those futures are `Send`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(String);
+
 /// The request body handlers see: whatever the server got (hyper's `Incoming`, or a test
 /// body), boxed once at the edge so handlers are not generic.
-pub type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BodyError>;
 
 /// Serves one request. Never fails: every outcome, a handler panic included, is a response.
 pub async fn handle<B>(app: Arc<App>, request: Request<B>) -> Result<Response, Infallible>
@@ -110,7 +117,10 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
+    let request = request.map(|body| {
+        body.map_err(|error| BodyError(error.into().to_string()))
+            .boxed_unsync()
+    });
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();

@@ -65,7 +65,12 @@ impl ValidationError {
 
 impl From<ValidationError> for Problem {
     fn from(error: ValidationError) -> Problem {
-        Problem::new(error.status(), error.code(), error.to_string())
+        Problem::from_error(
+            error.status(),
+            error.code(),
+            error.to_string(),
+            error.retryable(),
+        )
     }
 }
 
