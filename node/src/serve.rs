@@ -83,8 +83,10 @@ fn init_logging(config: &Config) -> Result<(), String> {
         }
         None => EnvFilter::try_new(&config.log.level).map_err(|e| format!("log.level: {e}"))?,
     };
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match config.log.format {
         LogFormat::Json => builder.json().try_init(),
@@ -113,7 +115,11 @@ pub fn run(dirs: DirOverrides, args: Args) -> ExitCode {
         }
     };
     let grace = Duration::from_secs(args.shutdown_grace);
-    runtime.block_on(serve(config, grace))
+    let code = runtime.block_on(serve(config, grace));
+    // A transcription still running on a blocking thread is abandoned: its job resumes from
+    // the job log at the next start.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 async fn serve(mut config: Config, grace: Duration) -> ExitCode {

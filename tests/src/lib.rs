@@ -6,7 +6,9 @@
 //! - [`smtp`]: aiosmtpd as a Maildir sink ([`smtp::SmtpSink`]), with optional STARTTLS/SMTPS
 //!   and AUTH, and a parser for what it received.
 //! - [`tls`]: a throwaway CA and server certificate for test servers.
+//! - [`node`]: a real `ytcaption serve` process ([`node::NodeProcess`]) and HTTP helpers.
 
+pub mod node;
 pub mod seaweed;
 pub mod smtp;
 pub mod tls;

@@ -24,7 +24,10 @@ pub enum ClientError {
     },
     #[error("cannot reach {server}: {reason}")]
     Transport { server: String, reason: String },
+    /// The command line names something unusable.
     #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("unexpected answer from the node: {0}")]
     Protocol(String),
@@ -35,6 +38,7 @@ impl ClientError {
         match self {
             ClientError::Status { code, .. } => code,
             ClientError::Transport { .. } => "client.transport",
+            ClientError::Input(_) => "client.input",
             ClientError::Io(_) => "client.io",
             ClientError::Protocol(_) => "client.protocol",
         }
@@ -45,7 +49,7 @@ impl ClientError {
         match self {
             ClientError::Status { status, .. } => matches!(status, 429 | 502 | 503 | 504),
             ClientError::Transport { .. } => true,
-            ClientError::Io(_) | ClientError::Protocol(_) => false,
+            ClientError::Input(_) | ClientError::Io(_) | ClientError::Protocol(_) => false,
         }
     }
 }

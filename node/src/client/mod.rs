@@ -167,9 +167,9 @@ fn send(api: &Api, args: &SubmitArgs) -> Result<Value, ClientError> {
     }
     let path = Path::new(&args.input);
     if !path.is_file() {
-        return Err(ClientError::Io(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("{} is neither an http(s) URL nor a file", args.input),
+        return Err(ClientError::Input(format!(
+            "{} is neither an http(s) URL nor a file",
+            args.input
         )));
     }
     let fields: Vec<(&str, String)> = optional
