@@ -990,3 +990,74 @@ fn health_readiness_metrics_and_the_api_document() {
         "{text}"
     );
 }
+
+#[test]
+fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let node = NodeProcess::start("[http]\nmax_connections = 1\n");
+    // One keep-alive connection takes the only slot.
+    let mut held = TcpStream::connect((
+        "127.0.0.1",
+        node.base_url()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap(),
+    ))
+    .unwrap();
+    held.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 12];
+    held.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let url = node.url("/healthz");
+    let started = Instant::now();
+    let waiting = std::thread::spawn(move || {
+        let reply = Reply::of(ureq::get(&url).timeout(Duration::from_secs(20)).call());
+        (reply.status, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !waiting.is_finished(),
+        "a second connection was served while the slot was taken"
+    );
+    drop(held);
+    let (status, waited) = waiting.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+}
+
+#[test]
+fn an_openai_client_that_hangs_up_cancels_its_job() {
+    let node = NodeProcess::start("");
+    let audio = fixture_bytes("long2h.mp3");
+    let (content_type, body) = multipart(
+        &[("model", "whisper-1")],
+        Some(("file", "long2h.mp3", &audio)),
+    );
+    let port: u16 = node.base_url().rsplit(':').next().unwrap().parse().unwrap();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let head = format!(
+        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: node\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).unwrap();
+    client.write_all(&body).unwrap();
+    // The upload became a job that is running; then the client goes away.
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    let id = loop {
+        let jobs = get(&node, "/v1/jobs", None).json();
+        if let Some(job) = jobs["jobs"].as_array().unwrap().first() {
+            if job["state"] == "transcribing" {
+                break job["id"].as_str().unwrap().to_owned();
+            }
+            assert!(!terminal(job), "{job}");
+        }
+        assert!(Instant::now() < deadline, "no running job:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(client);
+    let view = wait_for(&node, &id, None, terminal);
+    assert_eq!(view["state"], "cancelled", "{view}");
+    assert!(node.log().contains("client left"), "{}", node.log());
+}

@@ -71,6 +71,8 @@ pub enum AuthError {
     Malformed,
     #[error("the API key is not valid")]
     Unknown,
+    #[error("this node has no API keys and anonymous access is disabled (auth.allow_anonymous_loopback)")]
+    Disabled,
 }
 
 impl AuthError {
@@ -79,6 +81,7 @@ impl AuthError {
             AuthError::Missing => "auth.missing_key",
             AuthError::Malformed => "auth.malformed",
             AuthError::Unknown => "auth.bad_key",
+            AuthError::Disabled => "auth.disabled",
         }
     }
 
@@ -102,24 +105,31 @@ impl From<AuthError> for Problem {
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     keys: Vec<ApiKey>,
+    /// Whether, without keys, requests act as the anonymous admin (else they are refused).
+    anonymous: bool,
 }
 
 impl Authenticator {
     pub fn new(auth: &Auth) -> Authenticator {
         Authenticator {
             keys: auth.keys.clone(),
+            anonymous: auth.allow_anonymous_loopback,
         }
     }
 
-    /// True when no keys are configured: everyone is the anonymous admin.
+    /// True when no keys are configured and anonymous access is allowed: everyone is the
+    /// anonymous admin.
     pub fn is_open(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.is_empty() && self.anonymous
     }
 
     /// The caller of a request with this `Authorization` header.
     pub fn authenticate(&self, header: Option<&HeaderValue>) -> Result<Principal, AuthError> {
         if self.is_open() {
             return Ok(Principal::anonymous());
+        }
+        if self.keys.is_empty() {
+            return Err(AuthError::Disabled);
         }
         let header = header.ok_or(AuthError::Missing)?;
         let text = header.to_str().map_err(|_| AuthError::Malformed)?;
@@ -294,6 +304,13 @@ mod tests {
         assert_eq!(principal, Principal::anonymous());
         assert_eq!(principal.owner, ANONYMOUS);
         assert!(principal.is_admin());
+        let closed = Authenticator::new(&Auth {
+            allow_anonymous_loopback: false,
+            ..Auth::default()
+        });
+        assert!(!closed.is_open());
+        assert_eq!(closed.authenticate(None), Err(AuthError::Disabled));
+        assert_eq!(Problem::from(AuthError::Disabled).status, 401);
     }
 
     #[test]

@@ -141,18 +141,7 @@ where
             } else {
                 Flavor::Problem
             };
-            let outcome = AssertUnwindSafe(serve(&app, route, id, request))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    tracing::error!(route = route.label(), panic = %message, "handler panicked");
-                    Err(Problem::internal())
-                });
+            let outcome = catch_panics(route.label(), serve(&app, route, id, request)).await;
             (route.label(), flavor, outcome)
         }
     };
@@ -178,6 +167,26 @@ where
         "request"
     );
     Ok(response)
+}
+
+/// Runs a handler; a panic becomes a logged 500 instead of a dropped connection (and never
+/// takes the node down: each connection is its own task).
+pub async fn catch_panics(
+    label: &'static str,
+    handler: impl std::future::Future<Output = Result<Response, Problem>>,
+) -> Result<Response, Problem> {
+    AssertUnwindSafe(handler)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(route = label, panic = %message, "handler panicked");
+            Err(Problem::internal())
+        })
 }
 
 /// Authentication and rate limit for `/v1`, then the handler.
@@ -275,4 +284,46 @@ async fn readiness(app: &App) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_a_500_problem() {
+        let outcome = catch_panics("GET /boom", async {
+            let items: Vec<u8> = Vec::new();
+            // An out-of-bounds index: the kind of bug this guards against.
+            let _ = items[usize::from(items.is_empty())];
+            Ok(full(StatusCode::OK, "text/plain", "unreachable"))
+        })
+        .await;
+        let problem = outcome.expect_err("the panic is caught");
+        assert_eq!(problem.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(problem.code, "internal");
+        let fine = catch_panics("GET /ok", async {
+            Ok(full(StatusCode::OK, "text/plain", "ok"))
+        })
+        .await;
+        assert_eq!(fine.expect("no panic").status(), StatusCode::OK);
+        let refused = catch_panics("GET /no", async { Err(Problem::forbidden("no")) }).await;
+        assert_eq!(
+            refused.expect_err("a refusal").status,
+            StatusCode::FORBIDDEN
+        );
+    }
+
+    #[test]
+    fn params_follow_the_configuration() {
+        let mut config = Config::default();
+        config.http.max_json_body = ytcaption_config::Size::kib(4);
+        config.http.max_body = ytcaption_config::Size::mib(8);
+        config.http.request_timeout = Duration::from_secs(7);
+        let params = ApiParams::from_config(&config);
+        assert_eq!(params.max_json_body, 4096);
+        assert_eq!(params.form.max_file_bytes, 8 << 20);
+        assert_eq!(params.form.idle_timeout, Duration::from_secs(7));
+        assert_eq!(params.request_timeout, Duration::from_secs(7));
+    }
 }
