@@ -145,7 +145,17 @@ impl Api {
     }
 
     pub fn get_json(&self, path: &str) -> Result<Value, ClientError> {
-        let response = self.check(self.request("GET", path).call())?;
+        self.get_json_query(path, &[])
+    }
+
+    /// A GET with query parameters (encoded by ureq).
+    pub fn get_json_query(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, ClientError> {
+        let request = query
+            .iter()
+            .fold(self.request("GET", path), |request, (name, value)| {
+                request.query(name, value)
+            });
+        let response = self.check(request.call())?;
         self.json(response)
     }
 

@@ -285,14 +285,15 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<()> {
             cursor,
             json,
         } => {
-            let mut query = vec![format!("limit={limit}")];
-            if let Some(state) = state {
-                query.push(format!("state={state}"));
+            let limit = limit.to_string();
+            let mut query = vec![("limit", limit.as_str())];
+            if let Some(state) = &state {
+                query.push(("state", state));
             }
-            if let Some(cursor) = cursor {
-                query.push(format!("cursor={cursor}"));
+            if let Some(cursor) = &cursor {
+                query.push(("cursor", cursor));
             }
-            let page = api.get_json(&format!("/v1/jobs?{}", query.join("&")))?;
+            let page = api.get_json_query("/v1/jobs", &query)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&page)?);
             } else {

@@ -9,7 +9,9 @@
 //! - [`view`]: the one JSON view of a job.
 //! - [`auth`]: API keys, roles and the per-key token bucket.
 //! - [`multipart`]: streaming uploads into the spool with size limits.
-//! - [`validate`]: checks of client-supplied values.
+//! - [`validate`]: checks of client-supplied values; [`languages`]: the language codes
+//!   Whisper knows.
+//! - [`query`]: query strings.
 //! - [`problem`]: errors as RFC 7807 documents (or OpenAI error bodies).
 //! - [`time`]: RFC 3339 timestamps.
 
