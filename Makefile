@@ -4,17 +4,13 @@
 CARGO ?= cargo
 MODELS ?= base tiny.en
 BIN := target/release/ytcaption
-SAMPLE_TEXT := Self hosted transcription turns long recordings into searchable text and captions.
 
-.PHONY: demo test model fixtures test-env build lint bench fuzz clean-fixtures
+.PHONY: demo test model fixtures test-env build lint bench bench-node fuzz clean-fixtures
 
-## The main job on a bundled sample: a human clip and a spoken sentence, as text and SRT.
+## The main job on the embedded defaults: start a node, transcribe bundled samples through its
+## HTTP API (upload, wait, print as text and SRT), stop the node.
 demo: model build
-	@mkdir -p target/demo
-	@espeak-ng -v en-us -s 150 -w target/demo/sentence.wav "$(SAMPLE_TEXT)" 2>/dev/null || { echo "demo: espeak-ng is missing: apt-get install espeak-ng" >&2; exit 1; }
-	@echo "== beckett.wav (human speech), text:"; $(BIN) transcribe tests/fixtures/generated/beckett.wav --format txt
-	@echo "== beckett.wav, SRT:"; $(BIN) transcribe tests/fixtures/generated/beckett.wav --format srt
-	@echo "== espeak-ng sentence (\"$(SAMPLE_TEXT)\"), SRT:"; $(BIN) transcribe target/demo/sentence.wav --format srt --stats
+	deploy/demo.sh
 
 ## Everything the tests need, then every test of the workspace (unit, integration, end to end).
 test: model build fixtures
@@ -40,3 +36,7 @@ lint:
 ## Speed and memory against faster-whisper (not part of the tests).
 bench: model build
 	deploy/bench/transcribe.sh
+
+## Node figures: durable submissions/s with wrk, orchestration overhead, idle RSS.
+bench-node: model build fixtures
+	deploy/bench/node.sh

@@ -35,6 +35,9 @@ pub use guard::{forbidden_reason, Cidr, NetGuard};
 /// one request into dozens of connection attempts.
 const MAX_ADDRESSES_TRIED: usize = 4;
 
+/// How long a connection outlives its exchange's deadline before it is dropped regardless.
+const CONNECTION_GRACE: Duration = Duration::from_secs(2);
+
 /// The longest URL accepted; far beyond real media links, short of abuse.
 pub const MAX_URL_LEN: usize = 8 * 1024;
 
@@ -400,8 +403,11 @@ async fn exchange(
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| map_hyper(e, params))?;
+    // A backstop only: readers stop at `deadline` themselves and report a timeout; the grace
+    // keeps the connection from being cut first, which would read as a broken exchange.
+    let backstop = deadline + CONNECTION_GRACE;
     tokio::spawn(async move {
-        match tokio::time::timeout_at(deadline, connection).await {
+        match tokio::time::timeout_at(backstop, connection).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "outbound connection ended with an error"),
             Err(_) => tracing::debug!("outbound connection closed at its deadline"),

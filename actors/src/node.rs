@@ -586,7 +586,6 @@ fn download_params(config: &Config) -> Result<DownloadParams, StartError> {
         ytdlp_timeout: d.ytdlp_timeout,
         cookies_file: d.cookies_file.clone(),
         ytdlp_hosts: d.ytdlp_hosts.clone(),
-        ..DownloadParams::default()
     })
 }
 

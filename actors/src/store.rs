@@ -122,7 +122,7 @@ impl Store {
         thread::Builder::new()
             .name("job-log".into())
             .spawn(move || write_loop(thread_db, thread_tree, requests, hub, metrics))
-            .map_err(|error| sled::Error::Io(error))?;
+            .map_err(sled::Error::Io)?;
         Ok(Store { tree, db, writer })
     }
 

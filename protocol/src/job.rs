@@ -461,15 +461,11 @@ impl JobState {
                     self.stage = Stage::Notifying;
                 }
             }
-            Event::Delivered { channel, .. } => {
-                if !self.delivered.contains(channel) {
-                    self.delivered.push(*channel);
-                }
+            Event::Delivered { channel, .. } if !self.delivered.contains(channel) => {
+                self.delivered.push(*channel);
             }
-            Event::GaveUp { channel, .. } => {
-                if !self.gave_up.contains(channel) {
-                    self.gave_up.push(*channel);
-                }
+            Event::GaveUp { channel, .. } if !self.gave_up.contains(channel) => {
+                self.gave_up.push(*channel);
             }
             Event::Failed { reason, at } if !terminal => {
                 self.stage = Stage::Failed;

@@ -2,6 +2,7 @@
 //! JobManager, workers, sled job log, local storage, the real model), then a restart on the
 //! same data directory.
 
+#![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 mod common;
 
 use std::time::Duration;

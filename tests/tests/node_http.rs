@@ -1,0 +1,396 @@
+//! The node as a real process behind its HTTP API, with real neighbours on 127.0.0.1: media
+//! served over HTTP, a webhook receiver, aiosmtpd, SeaweedFS. Covers the whole saga (WER of
+//! the transcript, the webhook's signature and count, the email), `kill -9` mid-transcription
+//! followed by a restart, and bad input answered with specific errors while the node stays
+//! healthy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use ytcaption_actors::notify::webhook;
+use ytcaption_tests::media_server::MediaServer;
+use ytcaption_tests::seaweed::SeaweedFs;
+use ytcaption_tests::smtp::SmtpSink;
+
+const SECRET: &str = "test-webhook-secret-0123456789";
+
+/// A `ytcaption serve` process; killed on drop.
+struct NodeProcess {
+    child: Option<Child>,
+    config: PathBuf,
+    port: u16,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn models_dir() -> PathBuf {
+    let home = ytcaption_config::data_dir(None).unwrap();
+    ytcaption_config::models_dir(None, &home)
+}
+
+impl NodeProcess {
+    /// Writes a config (local storage unless `storage` says otherwise) and starts the node.
+    fn start(data: &Path, smtp_port: u16, storage: &str) -> NodeProcess {
+        let port = free_port();
+        let config = data.join("ytcaption.toml");
+        let ytdlp = common::repo().join(".venv-test/bin/yt-dlp");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+node_name = "test-node"
+data_dir = "{data}"
+models_dir = "{models}"
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[transcriber]
+model = "tiny.en"
+workers = 1
+threads = 1
+
+[downloader]
+allow_private = ["127.0.0.1/32"]
+ytdlp_path = "{ytdlp}"
+
+[jobs.retry]
+base = "100ms"
+cap = "500ms"
+
+[notify]
+webhook_secret = "{SECRET}"
+allow_private = ["127.0.0.1/32"]
+
+[notify.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+security = "none"
+from = "ytcaption <ytcaption@example.com>"
+
+{storage}
+"#,
+                data = data.display(),
+                models = models_dir().display(),
+                ytdlp = ytdlp.display(),
+            ),
+        )
+        .unwrap();
+        let mut node = NodeProcess {
+            child: None,
+            config,
+            port,
+            log: data.join("node.log"),
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(common::binary())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env_remove("ORT_DYLIB_PATH")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("cannot start ytcaption serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(response) = ureq::get(&self.url("/readyz")).call() {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("node not ready; log:\n{}", self.log());
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        response(ureq::get(&self.url(path)).call())
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        response(ureq::post(&self.url(path)).send_json(body.clone()))
+    }
+
+    /// Polls a job until it is terminal.
+    fn wait(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, job) = self.get(&format!("/v1/jobs/{id}"));
+            assert_eq!(status, 200, "{job}");
+            let state = job["state"].as_str().unwrap().to_owned();
+            if ["completed", "failed", "cancelled"].contains(&state.as_str()) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job stuck in {state}: {job}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Status and JSON body of a response, whether ureq calls it an error or not.
+fn response(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("request failed: {error}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn text_of(node: &NodeProcess, id: &str, format: &str) -> (u16, String, String) {
+    let result = ureq::get(&node.url(&format!("/v1/jobs/{id}/transcript?format={format}"))).call();
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{error}"),
+    };
+    let status = response.status();
+    let content_type = response.content_type().to_owned();
+    (status, content_type, response.into_string().unwrap())
+}
+
+/// The webhook deliveries the media server received for `path`.
+fn hooks(server: &MediaServer, path: &str) -> Vec<ytcaption_tests::media_server::RecordedRequest> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|request| request.method == "POST" && request.path() == path)
+        .collect()
+}
+
+fn check_signature(request: &ytcaption_tests::media_server::RecordedRequest) -> Value {
+    let header = request.header(webhook::SIGNATURE_HEADER).expect("signature header");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    webhook::verify(SECRET.as_bytes(), header, &request.body, now, 600).expect("valid signature");
+    // A tampered body does not verify.
+    let mut tampered = request.body.clone();
+    tampered.push(b' ');
+    assert!(webhook::verify(SECRET.as_bytes(), header, &tampered, now, 600).is_err());
+    serde_json::from_slice(&request.body).unwrap()
+}
+
+#[test]
+fn a_url_job_runs_the_whole_saga_and_notifies_once() {
+    let data = tempfile::tempdir().unwrap();
+    let smtp = SmtpSink::start();
+    let media = MediaServer::start(&common::fixtures());
+    let node = NodeProcess::start(data.path(), smtp.port(), "");
+
+    let (status, job) = node.post(
+        "/v1/jobs",
+        &json!({
+            "url": media.url("/files/weather_festival.mp3"),
+            "formats": ["srt", "txt"],
+            "webhook_url": media.url("/sink/hook-1"),
+            "email": "newsroom@example.com",
+        }),
+    );
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let done = node.wait(&id, Duration::from_secs(120));
+    assert_eq!(done["state"], "completed", "{done}\n{}", node.log());
+
+    let (status, content_type, text) = text_of(&node, &id, "txt");
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let wer = common::wer(&common::expected_text("weather_festival"), &text);
+    assert!(wer < 0.15, "wer {wer}: {text}");
+    let (_, _, srt) = text_of(&node, &id, "srt");
+    assert!(srt.starts_with("1\n00:00:"), "{srt}");
+
+    // Exactly one signed webhook, naming the job and its transcript links.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hooks(&media, "/sink/hook-1").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let delivered = hooks(&media, "/sink/hook-1");
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    let body = check_signature(&delivered[0]);
+    assert_eq!(body["job_id"], id.as_str());
+    assert_eq!(body["status"], "completed");
+    assert!(body["links"]["transcript"]["srt"].as_str().unwrap().contains(&id));
+
+    // Exactly one email.
+    let mails = smtp.wait_for(1, Duration::from_secs(20));
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].subject.contains(&id), "{}", mails[0].subject);
+    assert!(mails[0].to.iter().any(|to| to.contains("newsroom@example.com")));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(hooks(&media, "/sink/hook-1").len(), 1);
+    assert_eq!(smtp.messages().len(), 1);
+}
+
+#[test]
+fn kill_9_mid_transcription_then_restart_completes_with_one_webhook_and_one_email() {
+    let data = tempfile::tempdir().unwrap();
+    let smtp = SmtpSink::start();
+    let media = MediaServer::start(&common::fixtures());
+    let mut node = NodeProcess::start(data.path(), smtp.port(), "");
+    let (status, job) = node.post(
+        "/v1/jobs",
+        &json!({
+            "url": media.url("/files/long.wav"),
+            "webhook_url": media.url("/sink/hook-2"),
+            "email": "archive@example.com",
+        }),
+    );
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    // Wait until it is transcribing, then kill the node hard.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, state) = node.get(&format!("/v1/jobs/{id}"));
+        if state["state"] == "transcribing" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never transcribing: {state}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    node.kill9();
+    node.spawn();
+    let done = node.wait(&id, Duration::from_secs(180));
+    assert_eq!(done["state"], "completed", "{done}\n{}", node.log());
+    let (_, _, text) = text_of(&node, &id, "txt");
+    let wer = common::wer(&common::expected_text("long"), &text);
+    assert!(wer < 0.2, "wer {wer}");
+    let mails = smtp.wait_for(1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(smtp.messages().len(), 1, "{mails:?}");
+    assert_eq!(hooks(&media, "/sink/hook-2").len(), 1);
+}
+
+#[test]
+fn bad_input_gets_specific_errors_and_the_node_stays_healthy() {
+    let data = tempfile::tempdir().unwrap();
+    let smtp = SmtpSink::start();
+    let media = MediaServer::start(&common::fixtures());
+    let node = NodeProcess::start(data.path(), smtp.port(), "");
+
+    // Malformed JSON: 400 problem+json.
+    let result = ureq::post(&node.url("/v1/jobs"))
+        .set("Content-Type", "application/json")
+        .send_string("{\"url\": ");
+    let (status, problem) = response(result);
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["status"], 400);
+    // Not an http(s) URL: 422.
+    let (status, problem) = node.post("/v1/jobs", &json!({"url": "ftp://127.0.0.1/a.mp3"}));
+    assert_eq!(status, 422, "{problem}");
+    // An unknown format: 422.
+    let (status, _) = node.post("/v1/jobs", &json!({"url": media.url("/files/beckett.wav"), "formats": ["docx"]}));
+    assert_eq!(status, 422);
+    // Unknown job ids, malformed or not: 404.
+    assert_eq!(node.get("/v1/jobs/../../etc/passwd").0, 404);
+    assert_eq!(node.get("/v1/jobs/0123456789abcdef01234567").0, 404);
+    // A page that is not media: the job fails with its reason.
+    let (status, job) = node.post("/v1/jobs", &json!({"url": media.url("/html")}));
+    assert_eq!(status, 202);
+    let failed = node.wait(job["id"].as_str().unwrap(), Duration::from_secs(60));
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["error"]["code"], "download.not_media", "{failed}");
+    // A transcript of a failed job: 409.
+    let (status, _, _) = text_of(&node, job["id"].as_str().unwrap(), "txt");
+    assert_eq!(status, 409);
+    // A 404 from the media server: failed with the HTTP status, not retried forever.
+    let (_, job) = node.post("/v1/jobs", &json!({"url": media.url("/status/404")}));
+    let failed = node.wait(job["id"].as_str().unwrap(), Duration::from_secs(60));
+    assert_eq!(failed["error"]["code"], "download.http_status", "{failed}");
+    // Garbage on the HTTP port does not hurt the node.
+    {
+        use std::io::Write;
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+        let _ = socket.write_all(b"\x00\x01\x02 garbage \r\n\r\n\xff\xfe");
+    }
+    assert_eq!(node.get("/healthz").0, 200);
+    // Idempotency: the same key returns the same job.
+    let key_request = |key: &str| {
+        response(
+            ureq::post(&node.url("/v1/jobs"))
+                .set("Idempotency-Key", key)
+                .send_json(json!({"url": media.url("/files/beckett.wav")})),
+        )
+    };
+    let (first_status, first) = key_request("abc-1");
+    let (second_status, second) = key_request("abc-1");
+    assert_eq!(first_status, 202);
+    assert!(second_status == 200 || second_status == 202);
+    assert_eq!(first["id"], second["id"]);
+}
+
+#[test]
+fn s3_storage_on_seaweedfs_serves_the_transcript() {
+    let data = tempfile::tempdir().unwrap();
+    let smtp = SmtpSink::start();
+    let s3 = SeaweedFs::start();
+    let media = MediaServer::start(&common::fixtures());
+    let storage = format!(
+        "[storage]\nbackend = \"s3\"\n\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\nbucket = \"ytcaption-e2e\"\naccess_key = \"{}\"\nsecret_key = \"{}\"\n",
+        s3.endpoint(),
+        s3.region,
+        s3.access_key(),
+        s3.secret_key()
+    );
+    let node = NodeProcess::start(data.path(), smtp.port(), &storage);
+    let (status, job) = node.post("/v1/jobs", &json!({"url": media.url("/files/weather_festival.m4a"), "formats": ["vtt"]}));
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let done = node.wait(&id, Duration::from_secs(120));
+    assert_eq!(done["state"], "completed", "{done}\n{}", node.log());
+    let (status, _, vtt) = text_of(&node, &id, "vtt");
+    assert_eq!(status, 200);
+    assert!(vtt.starts_with("WEBVTT"), "{vtt}");
+    let (_, _, text) = text_of(&node, &id, "txt");
+    let wer = common::wer(&common::expected_text("weather_festival"), &text);
+    assert!(wer < 0.15, "wer {wer}: {text}");
+}
