@@ -160,7 +160,11 @@ from = "ytcaption <ytcaption@example.com>"
             if ["completed", "failed", "cancelled"].contains(&state.as_str()) {
                 return job;
             }
-            assert!(Instant::now() < deadline, "job stuck in {state}: {job}\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "job stuck in {state}: {job}\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -181,7 +185,10 @@ fn response(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
     };
     let status = response.status();
     let text = response.into_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 fn text_of(node: &NodeProcess, id: &str, format: &str) -> (u16, String, String) {
@@ -206,7 +213,9 @@ fn hooks(server: &MediaServer, path: &str) -> Vec<ytcaption_tests::media_server:
 }
 
 fn check_signature(request: &ytcaption_tests::media_server::RecordedRequest) -> Value {
-    let header = request.header(webhook::SIGNATURE_HEADER).expect("signature header");
+    let header = request
+        .header(webhook::SIGNATURE_HEADER)
+        .expect("signature header");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -258,13 +267,19 @@ fn a_url_job_runs_the_whole_saga_and_notifies_once() {
     let body = check_signature(&delivered[0]);
     assert_eq!(body["job_id"], id.as_str());
     assert_eq!(body["status"], "completed");
-    assert!(body["links"]["transcript"]["srt"].as_str().unwrap().contains(&id));
+    assert!(body["links"]["transcript"]["srt"]
+        .as_str()
+        .unwrap()
+        .contains(&id));
 
     // Exactly one email.
     let mails = smtp.wait_for(1, Duration::from_secs(20));
     assert_eq!(mails.len(), 1);
     assert!(mails[0].subject.contains(&id), "{}", mails[0].subject);
-    assert!(mails[0].to.iter().any(|to| to.contains("newsroom@example.com")));
+    assert!(mails[0]
+        .to
+        .iter()
+        .any(|to| to.contains("newsroom@example.com")));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(hooks(&media, "/sink/hook-1").len(), 1);
     assert_eq!(smtp.messages().len(), 1);
@@ -328,7 +343,10 @@ fn bad_input_gets_specific_errors_and_the_node_stays_healthy() {
     let (status, problem) = node.post("/v1/jobs", &json!({"url": "ftp://127.0.0.1/a.mp3"}));
     assert_eq!(status, 422, "{problem}");
     // An unknown format: 422.
-    let (status, _) = node.post("/v1/jobs", &json!({"url": media.url("/files/beckett.wav"), "formats": ["docx"]}));
+    let (status, _) = node.post(
+        "/v1/jobs",
+        &json!({"url": media.url("/files/beckett.wav"), "formats": ["docx"]}),
+    );
     assert_eq!(status, 422);
     // Unknown job ids, malformed or not: 404.
     assert_eq!(node.get("/v1/jobs/../../etc/passwd").0, 404);
@@ -382,7 +400,10 @@ fn s3_storage_on_seaweedfs_serves_the_transcript() {
         s3.secret_key()
     );
     let node = NodeProcess::start(data.path(), smtp.port(), &storage);
-    let (status, job) = node.post("/v1/jobs", &json!({"url": media.url("/files/weather_festival.m4a"), "formats": ["vtt"]}));
+    let (status, job) = node.post(
+        "/v1/jobs",
+        &json!({"url": media.url("/files/weather_festival.m4a"), "formats": ["vtt"]}),
+    );
     assert_eq!(status, 202, "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
     let done = node.wait(&id, Duration::from_secs(120));

@@ -82,15 +82,16 @@ pub fn job_view(job: &JobState, step_progress: Option<f32>, base_url: &str) -> V
         .iter()
         .map(|(step, ms)| (step.as_str().to_owned(), json!(ms)))
         .collect();
-    let (language, duration, engine_ms) = match job.outputs.get(&ytcaption_protocol::Step::Transcribe) {
-        Some(StepOutput::Transcribed {
-            language,
-            duration_s,
-            engine_ms,
-            ..
-        }) => (Some(language.clone()), Some(*duration_s), Some(*engine_ms)),
-        _ => (None, None, None),
-    };
+    let (language, duration, engine_ms) =
+        match job.outputs.get(&ytcaption_protocol::Step::Transcribe) {
+            Some(StepOutput::Transcribed {
+                language,
+                duration_s,
+                engine_ms,
+                ..
+            }) => (Some(language.clone()), Some(*duration_s), Some(*engine_ms)),
+            _ => (None, None, None),
+        };
     // Accepted to finished: end-to-end time on the server's clock.
     let elapsed_ms = job.finished_at.map(|at| at.saturating_sub(job.created_at));
     let channel = |c: &ytcaption_protocol::Channel| match c {
