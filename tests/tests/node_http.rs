@@ -8,59 +8,26 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use ytcaption_actors::notify::webhook;
 use ytcaption_tests::media_server::MediaServer;
+use ytcaption_tests::node::NodeProcess;
 use ytcaption_tests::seaweed::SeaweedFs;
 use ytcaption_tests::smtp::SmtpSink;
 
 const SECRET: &str = "test-webhook-secret-0123456789";
 
-/// A `ytcaption serve` process; killed on drop.
-struct NodeProcess {
-    child: Option<Child>,
-    config: PathBuf,
-    port: u16,
-    log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn models_dir() -> PathBuf {
-    let home = ytcaption_config::data_dir(None).unwrap();
-    ytcaption_config::models_dir(None, &home)
-}
-
-impl NodeProcess {
-    /// Writes a config (local storage unless `storage` says otherwise) and starts the node.
-    fn start(data: &Path, smtp_port: u16, storage: &str) -> NodeProcess {
-        let port = free_port();
-        let config = data.join("ytcaption.toml");
-        let ytdlp = common::repo().join(".venv-test/bin/yt-dlp");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
+/// The config every test node shares (the harness sets data dir, models, port and tiny.en);
+/// `storage` adds a `[storage]` section.
+fn config(smtp_port: u16, storage: &str) -> String {
+    let ytdlp = common::repo().join(".venv-test/bin/yt-dlp");
+    format!(
+        r#"
 node_name = "test-node"
-data_dir = "{data}"
-models_dir = "{models}"
-
-[http]
-listen = "127.0.0.1:{port}"
 
 [transcriber]
-model = "tiny.en"
 workers = 1
 threads = 1
 
@@ -84,95 +51,34 @@ from = "ytcaption <ytcaption@example.com>"
 
 {storage}
 "#,
-                data = data.display(),
-                models = models_dir().display(),
-                ytdlp = ytdlp.display(),
-            ),
-        )
-        .unwrap();
-        let mut node = NodeProcess {
-            child: None,
-            config,
-            port,
-            log: data.join("node.log"),
-        };
-        node.spawn();
-        node
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(common::binary())
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env_remove("ORT_DYLIB_PATH")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("cannot start ytcaption serve");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(response) = ureq::get(&self.url("/readyz")).call() {
-                if response.status() == 200 {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("node not ready; log:\n{}", self.log());
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        response(ureq::get(&self.url(path)).call())
-    }
-
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        response(ureq::post(&self.url(path)).send_json(body.clone()))
-    }
-
-    /// Polls a job until it is terminal.
-    fn wait(&self, id: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let (status, job) = self.get(&format!("/v1/jobs/{id}"));
-            assert_eq!(status, 200, "{job}");
-            let state = job["state"].as_str().unwrap().to_owned();
-            if ["completed", "failed", "cancelled"].contains(&state.as_str()) {
-                return job;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "job stuck in {state}: {job}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+        ytdlp = ytdlp.display(),
+    )
 }
 
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.kill9();
+fn get(node: &NodeProcess, path: &str) -> (u16, Value) {
+    response(ureq::get(&node.url(path)).call())
+}
+
+fn post(node: &NodeProcess, path: &str, body: &Value) -> (u16, Value) {
+    response(ureq::post(&node.url(path)).send_json(body.clone()))
+}
+
+/// Polls a job until it is terminal.
+fn wait(node: &NodeProcess, id: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, job) = get(node, &format!("/v1/jobs/{id}"));
+        assert_eq!(status, 200, "{job}");
+        let state = job["state"].as_str().unwrap().to_owned();
+        if ["completed", "failed", "cancelled"].contains(&state.as_str()) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job stuck in {state}: {job}\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -230,12 +136,12 @@ fn check_signature(request: &ytcaption_tests::media_server::RecordedRequest) -> 
 
 #[test]
 fn a_url_job_runs_the_whole_saga_and_notifies_once() {
-    let data = tempfile::tempdir().unwrap();
     let smtp = SmtpSink::start();
     let media = MediaServer::start(&common::fixtures());
-    let node = NodeProcess::start(data.path(), smtp.port(), "");
+    let node = NodeProcess::start(&config(smtp.port(), ""));
 
-    let (status, job) = node.post(
+    let (status, job) = post(
+        &node,
         "/v1/jobs",
         &json!({
             "url": media.url("/files/weather_festival.mp3"),
@@ -246,7 +152,7 @@ fn a_url_job_runs_the_whole_saga_and_notifies_once() {
     );
     assert_eq!(status, 202, "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
-    let done = node.wait(&id, Duration::from_secs(120));
+    let done = wait(&node, &id, Duration::from_secs(120));
     assert_eq!(done["state"], "completed", "{done}\n{}", node.log());
 
     let (status, content_type, text) = text_of(&node, &id, "txt");
@@ -287,11 +193,11 @@ fn a_url_job_runs_the_whole_saga_and_notifies_once() {
 
 #[test]
 fn kill_9_mid_transcription_then_restart_completes_with_one_webhook_and_one_email() {
-    let data = tempfile::tempdir().unwrap();
     let smtp = SmtpSink::start();
     let media = MediaServer::start(&common::fixtures());
-    let mut node = NodeProcess::start(data.path(), smtp.port(), "");
-    let (status, job) = node.post(
+    let mut node = NodeProcess::start(&config(smtp.port(), ""));
+    let (status, job) = post(
+        &node,
         "/v1/jobs",
         &json!({
             "url": media.url("/files/long.wav"),
@@ -304,7 +210,7 @@ fn kill_9_mid_transcription_then_restart_completes_with_one_webhook_and_one_emai
     // Wait until it is transcribing, then kill the node hard.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, state) = node.get(&format!("/v1/jobs/{id}"));
+        let (_, state) = get(&node, &format!("/v1/jobs/{id}"));
         if state["state"] == "transcribing" {
             break;
         }
@@ -312,9 +218,8 @@ fn kill_9_mid_transcription_then_restart_completes_with_one_webhook_and_one_emai
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));
-    node.kill9();
-    node.spawn();
-    let done = node.wait(&id, Duration::from_secs(180));
+    node.restart();
+    let done = wait(&node, &id, Duration::from_secs(180));
     assert_eq!(done["state"], "completed", "{done}\n{}", node.log());
     let (_, _, text) = text_of(&node, &id, "txt");
     let wer = common::wer(&common::expected_text("long"), &text);
@@ -327,10 +232,9 @@ fn kill_9_mid_transcription_then_restart_completes_with_one_webhook_and_one_emai
 
 #[test]
 fn bad_input_gets_specific_errors_and_the_node_stays_healthy() {
-    let data = tempfile::tempdir().unwrap();
     let smtp = SmtpSink::start();
     let media = MediaServer::start(&common::fixtures());
-    let node = NodeProcess::start(data.path(), smtp.port(), "");
+    let node = NodeProcess::start(&config(smtp.port(), ""));
 
     // Malformed JSON: 400 problem+json.
     let result = ureq::post(&node.url("/v1/jobs"))
@@ -340,37 +244,39 @@ fn bad_input_gets_specific_errors_and_the_node_stays_healthy() {
     assert_eq!(status, 400, "{problem}");
     assert_eq!(problem["status"], 400);
     // Not an http(s) URL: 422.
-    let (status, problem) = node.post("/v1/jobs", &json!({"url": "ftp://127.0.0.1/a.mp3"}));
+    let (status, problem) = post(&node, "/v1/jobs", &json!({"url": "ftp://127.0.0.1/a.mp3"}));
     assert_eq!(status, 422, "{problem}");
     // An unknown format: 422.
-    let (status, _) = node.post(
+    let (status, _) = post(
+        &node,
         "/v1/jobs",
         &json!({"url": media.url("/files/beckett.wav"), "formats": ["docx"]}),
     );
     assert_eq!(status, 422);
     // Unknown job ids, malformed or not: 404.
-    assert_eq!(node.get("/v1/jobs/../../etc/passwd").0, 404);
-    assert_eq!(node.get("/v1/jobs/0123456789abcdef01234567").0, 404);
+    assert_eq!(get(&node, "/v1/jobs/../../etc/passwd").0, 404);
+    assert_eq!(get(&node, "/v1/jobs/0123456789abcdef01234567").0, 404);
     // A page that is not media: the job fails with its reason.
-    let (status, job) = node.post("/v1/jobs", &json!({"url": media.url("/html")}));
+    let (status, job) = post(&node, "/v1/jobs", &json!({"url": media.url("/html")}));
     assert_eq!(status, 202);
-    let failed = node.wait(job["id"].as_str().unwrap(), Duration::from_secs(60));
+    let failed = wait(&node, job["id"].as_str().unwrap(), Duration::from_secs(60));
     assert_eq!(failed["state"], "failed");
     assert_eq!(failed["error"]["code"], "download.not_media", "{failed}");
     // A transcript of a failed job: 409.
     let (status, _, _) = text_of(&node, job["id"].as_str().unwrap(), "txt");
     assert_eq!(status, 409);
     // A 404 from the media server: failed with the HTTP status, not retried forever.
-    let (_, job) = node.post("/v1/jobs", &json!({"url": media.url("/status/404")}));
-    let failed = node.wait(job["id"].as_str().unwrap(), Duration::from_secs(60));
+    let (_, job) = post(&node, "/v1/jobs", &json!({"url": media.url("/status/404")}));
+    let failed = wait(&node, job["id"].as_str().unwrap(), Duration::from_secs(60));
     assert_eq!(failed["error"]["code"], "download.http_status", "{failed}");
     // Garbage on the HTTP port does not hurt the node.
     {
         use std::io::Write;
-        let mut socket = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+        let address = node.base_url().trim_start_matches("http://").to_owned();
+        let mut socket = std::net::TcpStream::connect(address).unwrap();
         let _ = socket.write_all(b"\x00\x01\x02 garbage \r\n\r\n\xff\xfe");
     }
-    assert_eq!(node.get("/healthz").0, 200);
+    assert_eq!(get(&node, "/healthz").0, 200);
     // Idempotency: the same key returns the same job.
     let key_request = |key: &str| {
         response(
@@ -388,7 +294,6 @@ fn bad_input_gets_specific_errors_and_the_node_stays_healthy() {
 
 #[test]
 fn s3_storage_on_seaweedfs_serves_the_transcript() {
-    let data = tempfile::tempdir().unwrap();
     let smtp = SmtpSink::start();
     let s3 = SeaweedFs::start();
     let media = MediaServer::start(&common::fixtures());
@@ -399,14 +304,15 @@ fn s3_storage_on_seaweedfs_serves_the_transcript() {
         s3.access_key(),
         s3.secret_key()
     );
-    let node = NodeProcess::start(data.path(), smtp.port(), &storage);
-    let (status, job) = node.post(
+    let node = NodeProcess::start(&config(smtp.port(), &storage));
+    let (status, job) = post(
+        &node,
         "/v1/jobs",
         &json!({"url": media.url("/files/weather_festival.m4a"), "formats": ["vtt"]}),
     );
     assert_eq!(status, 202, "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
-    let done = node.wait(&id, Duration::from_secs(120));
+    let done = wait(&node, &id, Duration::from_secs(120));
     assert_eq!(done["state"], "completed", "{done}\n{}", node.log());
     let (status, _, vtt) = text_of(&node, &id, "vtt");
     assert_eq!(status, 200);
@@ -414,4 +320,92 @@ fn s3_storage_on_seaweedfs_serves_the_transcript() {
     let (_, _, text) = text_of(&node, &id, "txt");
     let wer = common::wer(&common::expected_text("weather_festival"), &text);
     assert!(wer < 0.15, "wer {wer}: {text}");
+}
+
+/// Storage goes down mid-job: the worker that hits it fails on purpose, its supervisor backs it
+/// off and, past the restart intensity, marks it unavailable (visible in the admin endpoint
+/// and the metrics); the job waits instead of failing and completes once storage is back.
+#[test]
+fn a_dependency_outage_trips_supervision_and_the_job_waits_it_out() {
+    let smtp = SmtpSink::start();
+    let mut s3 = SeaweedFs::start();
+    let media = MediaServer::start(&common::fixtures());
+    let storage = format!(
+        "[storage]\nbackend = \"s3\"\n\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\nbucket = \"outage\"\naccess_key = \"{}\"\nsecret_key = \"{}\"\ntimeout = \"2s\"\n\n\
+         [supervisor]\nmax_restarts = 2\nwithin = \"60s\"\nbackoff_base = \"100ms\"\nbackoff_cap = \"200ms\"\ncooldown = \"1s\"\n\n\
+         [jobs.download]\nattempts = 100\n",
+        s3.endpoint(),
+        s3.region,
+        s3.access_key(),
+        s3.secret_key()
+    );
+    let mut toml = config(smtp.port(), &storage);
+    toml = toml.replace("[downloader]\n", "[downloader]\nworkers = 1\n");
+    let node = NodeProcess::start(&toml);
+    s3.stop();
+    let (status, job) = post(
+        &node,
+        "/v1/jobs",
+        &json!({"url": media.url("/files/weather_festival.wav")}),
+    );
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    // The downloader fails on the storage error, restarts with backoff, then goes unavailable.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen_unavailable = false;
+    let downloader = loop {
+        let (status, admin) = get(&node, "/v1/admin/status");
+        assert_eq!(status, 200, "{admin}");
+        let child = admin["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|child| child["name"] == "downloader-1")
+            .cloned()
+            .unwrap();
+        seen_unavailable |= child["state"] == "unavailable";
+        if seen_unavailable && child["restarts"].as_u64().unwrap() >= 2 {
+            break child;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no restarts seen: {admin}\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        downloader["last_failure"]
+            .as_str()
+            .unwrap()
+            .contains("storage"),
+        "{downloader}"
+    );
+    let metrics = ureq::get(&node.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "ytcaption_supervisor_restarts_total{child=\"downloader-1\",role=\"downloader\"}"
+        ),
+        "{metrics}"
+    );
+    // Meanwhile the job is still alive, waiting.
+    let (_, waiting) = get(&node, &format!("/v1/jobs/{id}"));
+    assert!(
+        ["accepted", "downloading"].contains(&waiting["state"].as_str().unwrap()),
+        "{waiting}"
+    );
+
+    s3.restart();
+    let done = wait(&node, &id, Duration::from_secs(120));
+    assert_eq!(done["state"], "completed", "{done}\n{}", node.log());
+    let (_, _, text) = text_of(&node, &id, "txt");
+    assert!(
+        common::wer(&common::expected_text("weather_festival"), &text) < 0.15,
+        "{text}"
+    );
 }
