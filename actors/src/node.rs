@@ -391,10 +391,7 @@ impl Node {
 
     /// Jobs of `owner` not finished yet (for the concurrent-job quota).
     pub fn active_jobs_of(&self, owner: &str) -> usize {
-        self.inner
-            .store
-            .all_states(|job| !job.is_terminal() && job.spec.owner == owner)
-            .map_or(0, |jobs| jobs.len())
+        self.inner.store.active_jobs_of(owner)
     }
 
     pub async fn cancel(&self, id: &JobId) -> Result<JobState, JobError> {

@@ -182,11 +182,7 @@ pub struct SagaContext {
     pub epoch: u64,
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
+pub use ytcaption_protocol::time::now_ms;
 
 pub fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];

@@ -79,6 +79,41 @@ pub struct Store {
     tree: sled::Tree,
     db: sled::Db,
     writer: SyncSender<Op>,
+    active: Arc<ActiveByOwner>,
+}
+
+/// Unfinished jobs per owner (for the concurrent-job quota), kept by the writer as states
+/// change so that checking a quota never scans the log.
+#[derive(Debug, Default)]
+struct ActiveByOwner(std::sync::Mutex<HashMap<String, usize>>);
+
+impl ActiveByOwner {
+    fn change(&self, owner: &str, was_active: bool, is_active: bool) {
+        if was_active == is_active {
+            return;
+        }
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(owner.to_owned()).or_default();
+        if is_active {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(owner);
+            }
+        }
+    }
+
+    fn get(&self, owner: &str) -> usize {
+        let counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts.get(owner).copied().unwrap_or(0)
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -111,19 +146,31 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let tree = db.open_tree("jobs")?;
+        let active = Arc::new(ActiveByOwner::default());
         for entry in tree.scan_prefix(b"j/") {
             let (key, value) = entry?;
             let state: JobState = decode(&key, &value)?;
             metrics.transition(None, visible_stage(&state));
+            active.change(&state.spec.owner, false, !state.is_terminal());
         }
         let (writer, requests) = mpsc::sync_channel(queue.max(1));
         let thread_tree = tree.clone();
         let thread_db = db.clone();
+        let observers = Observers {
+            hub,
+            metrics,
+            active: active.clone(),
+        };
         thread::Builder::new()
             .name("job-log".into())
-            .spawn(move || write_loop(thread_db, thread_tree, requests, hub, metrics))
+            .spawn(move || write_loop(thread_db, thread_tree, requests, observers))
             .map_err(sled::Error::Io)?;
-        Ok(Store { tree, db, writer })
+        Ok(Store {
+            tree,
+            db,
+            writer,
+            active,
+        })
     }
 
     fn send(&self, op: Op) -> Result<(), StoreError> {
@@ -221,6 +268,11 @@ impl Store {
             jobs.push(state);
         }
         Ok((jobs, None))
+    }
+
+    /// Unfinished jobs of `owner`, from a counter (no scan).
+    pub fn active_jobs_of(&self, owner: &str) -> usize {
+        self.active.get(owner)
     }
 
     /// Every job that is not finished: the ones to resume at start.
@@ -336,13 +388,14 @@ enum Answer {
 }
 
 /// The writer thread: batch, write, fsync, answer, publish; until every [`Store`] is dropped.
-fn write_loop(
-    db: sled::Db,
-    tree: sled::Tree,
-    requests: Receiver<Op>,
+/// Who hears about each durable change.
+struct Observers {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
-) {
+    active: Arc<ActiveByOwner>,
+}
+
+fn write_loop(db: sled::Db, tree: sled::Tree, requests: Receiver<Op>, observers: Observers) {
     let mut stopped = None;
     while let Ok(first) = requests.recv() {
         let mut ops = vec![first];
@@ -377,6 +430,20 @@ fn write_loop(
         } else {
             Ok(())
         };
+        // Observers first: whoever gets an answer sees counters and watchers up to date.
+        if written.is_ok() {
+            for state in changed {
+                let from = before.get(&state.id).copied().flatten();
+                observers.metrics.transition(from, visible_stage(&state));
+                let was_active = from.is_some_and(|stage| !stage.is_terminal());
+                observers
+                    .active
+                    .change(&state.spec.owner, was_active, !state.is_terminal());
+                observers.hub.publish_state(state);
+            }
+        } else {
+            tracing::error!(error = ?written, "job log write failed");
+        }
         for answer in answers {
             match (answer, &written) {
                 (Answer::Submitted(reply, result), Ok(())) => drop(reply.send(result)),
@@ -387,15 +454,6 @@ fn write_loop(
                 (Answer::State(reply, _), Err(error)) => drop(reply.send(Err(write_error(error)))),
                 (Answer::Closed(reply), _) => drop(reply.send(())),
             }
-        }
-        if written.is_ok() {
-            for state in changed {
-                let from = before.get(&state.id).copied().flatten();
-                metrics.transition(from, visible_stage(&state));
-                hub.publish_state(state);
-            }
-        } else {
-            tracing::error!(error = ?written, "job log write failed");
         }
         if stopped.is_some() {
             break;
@@ -668,6 +726,10 @@ mod tests {
                 )
                 .await
                 .unwrap();
+            // Quota counters follow the states without scanning.
+            assert_eq!(store.active_jobs_of("a"), 3);
+            assert_eq!(store.active_jobs_of("b"), 1);
+            assert_eq!(store.active_jobs_of("nobody"), 0);
             let mut filter = ListFilter {
                 limit: 2,
                 ..ListFilter::default()

@@ -226,10 +226,7 @@ impl TranscribeWork {
         let cancel = Arc::new(AtomicBool::new(false));
         let options = TranscribeOptions {
             language: spec.language.clone(),
-            task: match spec.task {
-                ytcaption_protocol::Task::Transcribe => crate::engine::Task::Transcribe,
-                ytcaption_protocol::Task::Translate => crate::engine::Task::Translate,
-            },
+            task: spec.task,
             initial_prompt: spec.prompt.clone(),
             word_timestamps: spec.word_timestamps,
             batch_size: self.params.batch_size,

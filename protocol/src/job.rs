@@ -89,6 +89,23 @@ impl Task {
     }
 }
 
+/// A task name other than `transcribe` or `translate`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown task {0:?}: expected transcribe or translate")]
+pub struct UnknownTask(pub String);
+
+impl std::str::FromStr for Task {
+    type Err = UnknownTask;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "transcribe" => Ok(Task::Transcribe),
+            "translate" => Ok(Task::Translate),
+            other => Err(UnknownTask(other.to_owned())),
+        }
+    }
+}
+
 /// What a client asked for. Immutable once accepted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {

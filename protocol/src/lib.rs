@@ -6,6 +6,7 @@
 //! - [`render`]: the output formats (txt, srt, vtt, json) rendered from a [`Transcript`].
 //! - [`job`]: the job model: [`JobSpec`], the saga's [`Event`]s and the [`JobState`] folded from
 //!   them.
+//! - [`time`]: epoch milliseconds and RFC 3339 text, without a calendar dependency.
 //! - [`wire`]: the versioned messages a JobManager and its workers exchange.
 //!
 //! This is the only crate whose types cross the wire between nodes; keep them versioned
@@ -13,6 +14,7 @@
 
 pub mod job;
 pub mod render;
+pub mod time;
 pub mod transcript;
 pub mod wire;
 

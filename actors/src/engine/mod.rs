@@ -68,35 +68,7 @@ pub enum EngineError {
 }
 
 /// `transcribe` keeps the spoken language; `translate` renders it in English.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Task {
-    #[default]
-    Transcribe,
-    Translate,
-}
-
-impl Task {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Task::Transcribe => "transcribe",
-            Task::Translate => "translate",
-        }
-    }
-}
-
-impl std::str::FromStr for Task {
-    type Err = EngineError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "transcribe" => Ok(Task::Transcribe),
-            "translate" => Ok(Task::Translate),
-            other => Err(EngineError::InvalidOption(format!(
-                "unknown task {other:?}: expected transcribe or translate"
-            ))),
-        }
-    }
-}
+pub use ytcaption_protocol::Task;
 
 /// How to transcribe one file.
 #[derive(Debug, Clone)]

@@ -7,82 +7,13 @@
 //! IPv6 forms that embed an IPv4 address (mapped, compatible, NAT64, 6to4) are judged by the
 //! address they embed, so `::ffff:127.0.0.1` is loopback.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
 
 use super::NetError;
 
-/// An IP network: an address and a prefix length, e.g. `10.0.0.0/8` or `::1/128`.
-///
-/// Host bits below the prefix are cleared when parsing, so `10.1.2.3/8` means `10.0.0.0/8`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// The network of `addr` with `prefix` leading bits; `None` when the prefix is too long for
-    /// the address family.
-    pub fn new(addr: IpAddr, prefix: u8) -> Option<Cidr> {
-        match addr {
-            IpAddr::V4(v4) if prefix <= 32 => Some(Cidr {
-                network: IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask_v4(prefix))),
-                prefix,
-            }),
-            IpAddr::V6(v6) if prefix <= 128 => Some(Cidr {
-                network: IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask_v6(prefix))),
-                prefix,
-            }),
-            _ => None,
-        }
-    }
-
-    /// Whether `ip` lies inside this network. Families never mix: a v4 network holds no v6
-    /// address (callers canonicalise mapped addresses first).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                u32::from(ip) & mask_v4(self.prefix) == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                u128::from(ip) & mask_v6(self.prefix) == u128::from(net)
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    /// Parses `addr/prefix` or a bare address (a single host: /32 or /128).
-    fn from_str(text: &str) -> Result<Cidr, String> {
-        let text = text.trim();
-        let (addr, prefix) = match text.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (text, None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} is not an IP address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .map_err(|_| format!("{p:?} is not a prefix length"))?,
-        };
-        Cidr::new(addr, prefix).ok_or_else(|| format!("prefix /{prefix} is longer than {max}"))
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
+/// An IP network (`10.0.0.0/8`, `::1/128`); the configuration's type, so the allowlist is
+/// parsed and checked the same way when the config is validated and when a request is made.
+pub use ytcaption_config::Cidr;
 
 fn mask_v4(prefix: u8) -> u32 {
     u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
@@ -208,9 +139,9 @@ impl NetGuard {
         let allow = allow_cidrs
             .iter()
             .map(|entry| {
-                entry.parse::<Cidr>().map_err(|reason| NetError::BadCidr {
+                entry.parse::<Cidr>().map_err(|error| NetError::BadCidr {
                     entry: entry.clone(),
-                    reason,
+                    reason: error.to_string(),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -14,10 +14,10 @@ use super::auth::Principal;
 use super::multipart::{self, Form, Upload};
 use super::problem::Problem;
 use super::service::{App, Call, ReqBody};
-use super::time::now_ms;
 use super::validate::{self, ValidationError};
 use super::view::job_view;
 use super::{empty, json, sse, Response};
+use ytcaption_protocol::time::now_ms;
 
 /// Default and largest page of `GET /v1/jobs`.
 pub const DEFAULT_PAGE: usize = 50;

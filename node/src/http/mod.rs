@@ -13,7 +13,6 @@
 //!   Whisper knows.
 //! - [`query`]: query strings.
 //! - [`problem`]: errors as RFC 7807 documents (or OpenAI error bodies).
-//! - [`time`]: RFC 3339 timestamps.
 
 pub mod auth;
 pub mod jobs;
@@ -26,7 +25,6 @@ pub mod routes;
 pub mod server;
 pub mod service;
 pub mod sse;
-pub mod time;
 pub mod validate;
 pub mod view;
 

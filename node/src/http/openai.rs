@@ -24,9 +24,9 @@ use super::multipart::Form;
 use super::problem::Problem;
 use super::routes::Route;
 use super::service::{App, Call, ReqBody};
-use super::time::now_ms;
 use super::validate::{self, ValidationError};
 use super::{full, json, Response};
+use ytcaption_protocol::time::now_ms;
 
 /// The answer formats OpenAI defines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use serde_json::{json, Map, Value};
 use ytcaption_protocol::{Format, JobState, Source, Stage, StepOutput};
 
-use super::time::rfc3339_ms;
+use ytcaption_protocol::time::rfc3339_ms;
 
 /// Overall progress in percent: a coarse value per stage, and within transcription (the long
 /// step) the transcriber's own progress scaled into 10..90. `None` for failed and cancelled

@@ -25,6 +25,14 @@ pub fn rfc3339_ms(ms: u64) -> String {
     )
 }
 
+/// `2024-03-01T12:34:56Z`: [`rfc3339_ms`] without the milliseconds (webhook bodies, emails).
+pub fn rfc3339_utc(ms: u64) -> String {
+    let mut text = rfc3339_ms(ms - ms % 1000);
+    text.truncate(text.len() - 5);
+    text.push('Z');
+    text
+}
+
 /// Year, month (1..=12) and day (1..=31) of the `days`-th day after 1970-01-01, by the
 /// era-based method (an era is 400 years, 146 097 days, which repeat exactly).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
@@ -61,6 +69,15 @@ mod tests {
         // 2100 is not a leap year: the day after 2100-02-28 is 2100-03-01.
         assert_eq!(rfc3339_ms(4_107_456_000_000), "2100-02-28T00:00:00.000Z");
         assert_eq!(rfc3339_ms(4_107_542_400_000), "2100-03-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn second_precision() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(999), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339_utc(1_709_251_199_000), "2024-02-29T23:59:59Z");
+        let _ = rfc3339_utc(u64::MAX);
     }
 
     #[test]
