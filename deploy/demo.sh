@@ -10,6 +10,17 @@ SAMPLE_TEXT="Self hosted transcription turns long recordings into searchable tex
 PORT="${YTCAPTION_DEMO_PORT:-8080}"
 SERVER="http://127.0.0.1:$PORT"
 
+# The models `make model` installed (same lookup as deploy/model/install.sh); the node's own
+# data (job log, blobs) stays in target/demo.
+if [ -n "${YTCAPTION_MODELS_DIR:-}" ]; then
+  MODELS="$YTCAPTION_MODELS_DIR"
+elif [ -n "${YTCAPTION_DATA_DIR:-}" ]; then
+  MODELS="$YTCAPTION_DATA_DIR/models"
+else
+  MODELS="${XDG_DATA_HOME:-$HOME/.local/share}/ytcaption/models"
+fi
+export YTCAPTION_MODELS_DIR="$MODELS"
+
 mkdir -p "$DEMO"
 espeak-ng -v en-us -s 150 -w "$DEMO/sentence.wav" "$SAMPLE_TEXT" 2>/dev/null \
   || { echo "demo: espeak-ng is missing: apt-get install espeak-ng" >&2; exit 1; }
@@ -26,7 +37,7 @@ done
 
 echo "== beckett.wav (human speech), submitted as an upload, text:"
 "$BIN" submit "$REPO/tests/fixtures/generated/beckett.wav" --server "$SERVER" --wait --format txt
-echo "== the same job's SRT is one GET away; a spoken sentence (\"$SAMPLE_TEXT\"), SRT:"
+echo "== a spoken sentence (\"$SAMPLE_TEXT\"), SRT:"
 "$BIN" submit "$DEMO/sentence.wav" --server "$SERVER" --wait --format srt
 echo "== jobs on this node:"
 "$BIN" jobs list --server "$SERVER"
