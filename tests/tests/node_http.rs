@@ -409,3 +409,41 @@ fn a_dependency_outage_trips_supervision_and_the_job_waits_it_out() {
         "{text}"
     );
 }
+
+/// A URL on a host routed to yt-dlp (here `localhost`, standing in for YouTube, which cannot be
+/// reached from tests) is fetched by the real yt-dlp and transcribed.
+#[test]
+fn a_ytdlp_host_is_downloaded_through_ytdlp() {
+    let smtp = SmtpSink::start();
+    let media = MediaServer::start(&common::fixtures());
+    let toml = config(smtp.port(), "").replace(
+        "[downloader]\n",
+        "[downloader]\nytdlp_hosts = [\"localhost\"]\n",
+    );
+    let node = NodeProcess::start(&toml);
+    let url = media
+        .url("/files/weather_festival.mp4")
+        .replace("127.0.0.1", "localhost");
+    let (status, job) = post(&node, "/v1/jobs", &json!({"url": url}));
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let done = wait(&node, &id, Duration::from_secs(120));
+    assert_eq!(done["state"], "completed", "{done}\n{}", node.log());
+    let (_, _, text) = text_of(&node, &id, "txt");
+    assert!(
+        common::wer(&common::expected_text("weather_festival"), &text) < 0.15,
+        "{text}"
+    );
+    // yt-dlp (not the direct downloader, whose user agent is `ytcaption/...`) fetched it.
+    let agents: Vec<String> = media
+        .requests()
+        .into_iter()
+        .filter(|request| request.path() == "/files/weather_festival.mp4")
+        .map(|request| request.header("user-agent").unwrap_or_default().to_owned())
+        .collect();
+    assert!(!agents.is_empty());
+    assert!(
+        agents.iter().all(|agent| !agent.starts_with("ytcaption")),
+        "{agents:?}"
+    );
+}

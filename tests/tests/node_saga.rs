@@ -238,3 +238,28 @@ async fn bad_media_fails_with_its_reason_and_cancel_removes_blobs() {
     assert!(node.events(&failed.id).unwrap().is_empty());
     stop(node).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_deleted_after_the_retention_period() {
+    let _one = ONE_NODE.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut short = config(data.path());
+    short.jobs.retention = Duration::from_secs(1);
+    short.jobs.sweep_interval = Duration::from_millis(300);
+    let node = start(short).await;
+    let job = upload(&node, "weather_festival.wav").await;
+    node.submit(job.clone(), None).await.unwrap();
+    let done = wait_terminal(&node, &job).await;
+    assert_eq!(done.stage, Stage::Completed);
+    let prefix = ytcaption_protocol::job::job_prefix(&job.id);
+    assert!(!node.storage().list(&prefix).await.unwrap().is_empty());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while node.job(&job.id).unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "never swept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Tombstoned: no history, no blobs.
+    assert!(node.events(&job.id).unwrap().is_empty());
+    assert!(node.storage().list(&prefix).await.unwrap().is_empty());
+    stop(node).await;
+}
