@@ -157,10 +157,15 @@ impl JobManagerState {
         self.args.drivers.lock().insert(id.clone());
         let ctx = self.args.saga.clone();
         let shutdown = self.args.shutdown.clone();
-        let myself = myself.clone();
+        let drivers = self.args.drivers.clone();
+        let fallback = myself.clone();
         tokio::spawn(async move {
             saga::drive(ctx, id.clone(), shutdown).await;
-            let _ = myself.cast(JobManagerMsg::Finished(id));
+            // The set is shared, so the slot is freed even if the JobManager that started this
+            // driver has been restarted since; the current one is told to fill it.
+            drivers.lock().remove(&id);
+            let manager = current_job_manager().unwrap_or(fallback);
+            let _ = manager.cast(JobManagerMsg::Finished(id));
         });
     }
 
@@ -302,6 +307,14 @@ impl Actor for JobManager {
         state.publish_gauges();
         Ok(())
     }
+}
+
+/// The running JobManager of this node (it may have been restarted since a driver started).
+pub fn current_job_manager() -> Option<ActorRef<JobManagerMsg>> {
+    ractor::pg::get_local_members(&ROLE.to_owned())
+        .into_iter()
+        .next()
+        .map(ActorRef::from)
 }
 
 async fn cancel(state: &JobManagerState, id: &JobId) -> Result<JobState, JobError> {

@@ -531,12 +531,7 @@ impl Node {
     }
 }
 
-fn job_manager() -> Option<ActorRef<JobManagerMsg>> {
-    ractor::pg::get_local_members(&crate::job_manager::ROLE.to_owned())
-        .into_iter()
-        .next()
-        .map(ActorRef::from)
-}
+use crate::job_manager::current_job_manager as job_manager;
 
 async fn open_storage(config: &Config) -> Result<Storage, StartError> {
     match config.storage.backend {

@@ -263,3 +263,38 @@ async fn finished_jobs_are_deleted_after_the_retention_period() {
     assert!(node.storage().list(&prefix).await.unwrap().is_empty());
     stop(node).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_job_manager_is_restarted_and_running_jobs_finish() {
+    let _one = ONE_NODE.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let node = start(config(data.path())).await;
+    let job = upload(&node, "weather_festival.wav").await;
+    node.submit(job.clone(), None).await.unwrap();
+    let manager = ractor::registry::where_is("job-manager").expect("a job manager");
+    manager.kill();
+    // Restarted by the supervisor (backoff 100 ms); the job's driver kept going meanwhile.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = node.admin_status();
+        let child = status["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|child| child["name"] == "job-manager")
+            .cloned()
+            .unwrap();
+        if child["restarts"] == 1 && child["state"] == "running" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let done = wait_terminal(&node, &job).await;
+    assert_eq!(done.stage, Stage::Completed, "{done:?}");
+    // The new JobManager takes submissions, and the freed driver slot is reusable.
+    let next = upload(&node, "weather_festival.wav").await;
+    node.submit(next.clone(), None).await.unwrap();
+    assert_eq!(wait_terminal(&node, &next).await.stage, Stage::Completed);
+    stop(node).await;
+}
