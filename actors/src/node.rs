@@ -394,35 +394,32 @@ impl Node {
         self.inner.store.active_jobs_of(owner)
     }
 
+    /// Asks the JobManager to change a job; a restarting JobManager is a retryable error.
+    async fn job_op(
+        &self,
+        build: impl FnOnce(ractor::RpcReplyPort<Result<JobState, JobError>>) -> JobManagerMsg,
+    ) -> Result<JobState, JobError> {
+        self.call_manager(build).await.unwrap_or_else(|| {
+            Err(JobError::Store(
+                "the job manager is restarting; retry".into(),
+            ))
+        })
+    }
+
     pub async fn cancel(&self, id: &JobId) -> Result<JobState, JobError> {
-        self.call_manager(|reply| JobManagerMsg::Cancel(id.clone(), reply))
+        self.job_op(|reply| JobManagerMsg::Cancel(id.clone(), reply))
             .await
-            .unwrap_or_else(|| {
-                Err(JobError::Store(
-                    "the job manager is restarting; retry".into(),
-                ))
-            })
     }
 
     pub async fn retry(&self, id: &JobId) -> Result<JobState, JobError> {
-        self.call_manager(|reply| JobManagerMsg::Retry(id.clone(), reply))
+        self.job_op(|reply| JobManagerMsg::Retry(id.clone(), reply))
             .await
-            .unwrap_or_else(|| {
-                Err(JobError::Store(
-                    "the job manager is restarting; retry".into(),
-                ))
-            })
     }
 
     /// Cancels a running job, or deletes a finished one's data.
     pub async fn delete(&self, id: &JobId) -> Result<JobState, JobError> {
-        self.call_manager(|reply| JobManagerMsg::Delete(id.clone(), reply))
+        self.job_op(|reply| JobManagerMsg::Delete(id.clone(), reply))
             .await
-            .unwrap_or_else(|| {
-                Err(JobError::Store(
-                    "the job manager is restarting; retry".into(),
-                ))
-            })
     }
 
     /// A completed job's transcript in `format` (stored, or rendered from the JSON one).

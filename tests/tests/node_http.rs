@@ -82,6 +82,17 @@ fn wait(node: &NodeProcess, id: &str, timeout: Duration) -> Value {
     }
 }
 
+/// A `[storage]` section for `s3`, plus `extra` TOML.
+fn s3_storage(s3: &SeaweedFs, bucket: &str, extra: &str) -> String {
+    format!(
+        "[storage]\nbackend = \"s3\"\n\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\nbucket = \"{bucket}\"\naccess_key = \"{}\"\nsecret_key = \"{}\"\n{extra}",
+        s3.endpoint(),
+        s3.region,
+        s3.access_key(),
+        s3.secret_key()
+    )
+}
+
 /// Status and JSON body of a response, whether ureq calls it an error or not.
 fn response(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
     let response = match result {
@@ -297,13 +308,7 @@ fn s3_storage_on_seaweedfs_serves_the_transcript() {
     let smtp = SmtpSink::start();
     let s3 = SeaweedFs::start();
     let media = MediaServer::start(&common::fixtures());
-    let storage = format!(
-        "[storage]\nbackend = \"s3\"\n\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\nbucket = \"ytcaption-e2e\"\naccess_key = \"{}\"\nsecret_key = \"{}\"\n",
-        s3.endpoint(),
-        s3.region,
-        s3.access_key(),
-        s3.secret_key()
-    );
+    let storage = s3_storage(&s3, "ytcaption-e2e", "");
     let node = NodeProcess::start(&config(smtp.port(), &storage));
     let (status, job) = post(
         &node,
@@ -330,14 +335,12 @@ fn a_dependency_outage_trips_supervision_and_the_job_waits_it_out() {
     let smtp = SmtpSink::start();
     let mut s3 = SeaweedFs::start();
     let media = MediaServer::start(&common::fixtures());
-    let storage = format!(
-        "[storage]\nbackend = \"s3\"\n\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\nbucket = \"outage\"\naccess_key = \"{}\"\nsecret_key = \"{}\"\ntimeout = \"2s\"\n\n\
+    let storage = s3_storage(
+        &s3,
+        "outage",
+        "timeout = \"2s\"\n\n\
          [supervisor]\nmax_restarts = 2\nwithin = \"60s\"\nbackoff_base = \"100ms\"\nbackoff_cap = \"200ms\"\ncooldown = \"1s\"\n\n\
          [jobs.download]\nattempts = 100\n",
-        s3.endpoint(),
-        s3.region,
-        s3.access_key(),
-        s3.secret_key()
     );
     let mut toml = config(smtp.port(), &storage);
     toml = toml.replace("[downloader]\n", "[downloader]\nworkers = 1\n");
