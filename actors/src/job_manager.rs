@@ -352,6 +352,14 @@ async fn retry(state: &JobManagerState, id: &JobId) -> Result<JobState, JobError
             job.stage.as_str()
         )));
     }
+    if job.stage == ytcaption_protocol::Stage::Cancelled
+        && matches!(job.spec.source, ytcaption_protocol::Source::Upload { .. })
+    {
+        return Err(JobError::Conflict(
+            "the uploaded media was deleted when the job was cancelled; submit the file again"
+                .into(),
+        ));
+    }
     Ok(store
         .append(id, vec![Event::RetryRequested { at: now_ms() }])
         .await?)

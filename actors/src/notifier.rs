@@ -90,6 +90,7 @@ impl NotifyWork {
         let base = self.params.public_url.trim_end_matches('/');
         let job_url = format!("{base}/v1/jobs/{id}");
         let (status, error) = match &request.failure {
+            Some(reason) if reason.code == crate::saga::CANCELLED => (JobOutcome::Cancelled, None),
             Some(reason) => (
                 JobOutcome::Failed,
                 Some(WebhookError {

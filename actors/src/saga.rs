@@ -28,6 +28,9 @@ use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::worker::WorkerMsg;
 
+/// The reason code a cancelled job's notifications carry.
+pub const CANCELLED: &str = "job.cancelled";
+
 /// Attempts and timeout of one step.
 #[derive(Debug, Clone, Copy)]
 pub struct StepLimits {
@@ -260,13 +263,19 @@ async fn turn(
     if *cancel.borrow() {
         return Ok(Turn::Stopped);
     }
+    // A cancelled job removes what it stored, tells its webhook and email, and ends cancelled.
     if state.cancel_requested {
         compensate(ctx, &state, cancel).await;
-        append(ctx, id, vec![Event::Cancelled { at: now_ms() }]).await?;
-        return Ok(Turn::Done);
+        if !state.notification_pending()
+            || state.attempt(Step::Notify) >= ctx.params.notify.attempts
+        {
+            append(ctx, id, vec![Event::Cancelled { at: now_ms() }]).await?;
+            return Ok(Turn::Done);
+        }
     }
     // A job whose step failed for good still tells its webhook and email, then ends failed.
     let step = match &state.failing {
+        _ if state.cancel_requested => Step::Notify,
         Some(reason) if !state.notification_pending() => {
             let reason = reason.clone();
             append(
@@ -310,7 +319,7 @@ async fn turn(
     if ctx
         .store
         .get(id)?
-        .is_some_and(|now| now.cancel_requested || now.is_terminal())
+        .is_some_and(|now| (now.cancel_requested && !state.cancel_requested) || now.is_terminal())
     {
         return Ok(Turn::Continue);
     }
@@ -346,14 +355,25 @@ async fn turn(
         deadline_ms: deadline,
         give_up_at_ms: give_up_at,
         max_attempts: limits.attempts,
-        failure: state.failing.clone(),
+        failure: if state.cancel_requested {
+            Some(Reason::new(CANCELLED, "the job was cancelled"))
+        } else {
+            state.failing.clone()
+        },
     };
     let timeout = Duration::from_millis(deadline.saturating_sub(started)) + Duration::from_secs(5);
     let call = lease.actor.call(
         |reply| WorkerMsg::Run(Box::new(request), reply),
         Some(timeout),
     );
-    let watch_cancel = watch_for_cancel(ctx, id);
+    // A cancelled job's own notification must not be interrupted by its cancel.
+    let already_cancelled = state.cancel_requested;
+    let watch_cancel = async {
+        if already_cancelled {
+            std::future::pending::<()>().await;
+        }
+        watch_for_cancel(ctx, id).await;
+    };
     let reply = tokio::select! {
         reply = call => Some(reply),
         () = watch_cancel => None,

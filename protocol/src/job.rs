@@ -502,6 +502,15 @@ impl JobState {
             Event::RetryRequested { .. }
                 if matches!(self.stage, Stage::Failed | Stage::Cancelled) =>
             {
+                // A new run: its notifications are new ones. A cancel removed everything the
+                // job had stored, so a cancelled job starts again from the download.
+                if self.stage == Stage::Cancelled {
+                    self.outputs.clear();
+                    self.timings.clear();
+                }
+                self.outputs.remove(&Step::Notify);
+                self.delivered.clear();
+                self.gave_up.clear();
                 self.stage = self.resume_stage();
                 self.attempts.clear();
                 self.error = None;

@@ -450,3 +450,52 @@ fn a_ytdlp_host_is_downloaded_through_ytdlp() {
         "{agents:?}"
     );
 }
+
+/// Cancelling mid-transcription removes the job's blobs and tells its webhook and email once,
+/// as cancelled; a retry then runs it to completion and tells them again, as completed.
+#[test]
+fn a_cancelled_job_notifies_once_and_a_retry_completes_it() {
+    let smtp = SmtpSink::start();
+    let media = MediaServer::start(&common::fixtures());
+    let node = NodeProcess::start(&config(smtp.port(), ""));
+    let (status, job) = post(
+        &node,
+        "/v1/jobs",
+        &json!({
+            "url": media.url("/files/long.wav"),
+            "webhook_url": media.url("/sink/hook-cancel"),
+            "email": "desk@example.com",
+        }),
+    );
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(&node, &format!("/v1/jobs/{id}")).1["state"] != "transcribing" {
+        assert!(Instant::now() < deadline, "never transcribing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _) = response(ureq::delete(&node.url(&format!("/v1/jobs/{id}"))).call());
+    assert_eq!(status, 202);
+    let cancelled = wait(&node, &id, Duration::from_secs(60));
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    let mails = smtp.wait_for(1, Duration::from_secs(20));
+    assert!(
+        mails[0].subject.contains("cancelled"),
+        "{}",
+        mails[0].subject
+    );
+    let hooks_now = hooks(&media, "/sink/hook-cancel");
+    assert_eq!(hooks_now.len(), 1);
+    assert_eq!(check_signature(&hooks_now[0])["status"], "cancelled");
+
+    let (status, _) = post(&node, &format!("/v1/jobs/{id}/retry"), &json!({}));
+    assert_eq!(status, 202);
+    let done = wait(&node, &id, Duration::from_secs(180));
+    assert_eq!(done["state"], "completed", "{done}\n{}", node.log());
+    smtp.wait_for(2, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let all = hooks(&media, "/sink/hook-cancel");
+    assert_eq!(all.len(), 2);
+    assert_eq!(check_signature(&all[1])["status"], "completed");
+    assert_eq!(smtp.messages().len(), 2);
+}
