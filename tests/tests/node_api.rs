@@ -1030,10 +1030,10 @@ fn connections_beyond_the_limit_wait_for_a_free_slot() {
 #[test]
 fn an_openai_client_that_hangs_up_cancels_its_job() {
     let node = NodeProcess::start("");
-    let audio = fixture_bytes("long2h.mp3");
+    let audio = fixture_bytes("long.wav");
     let (content_type, body) = multipart(
         &[("model", "whisper-1")],
-        Some(("file", "long2h.mp3", &audio)),
+        Some(("file", "long.wav", &audio)),
     );
     let port: u16 = node.base_url().rsplit(':').next().unwrap().parse().unwrap();
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
