@@ -206,6 +206,12 @@ fn check_http(c: &mut Checker, http: &Http, auth: &Auth) {
             ),
         );
     }
+    if !auth.allow_anonymous_loopback && auth.keys.is_empty() {
+        c.fail(
+            "auth.allow_anonymous_loopback",
+            "false with no [[auth.keys]] would refuse every request; add a key or allow anonymous access on loopback",
+        );
+    }
     if let Some(url) = &http.public_url {
         c.http_url("http.public_url", url);
     }
@@ -505,6 +511,19 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         config.auth.keys.clear();
         config.http.listen = "[::1]:8080".parse().unwrap();
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn anonymous_access_off_needs_a_key() {
+        let mut config = Config::default();
+        config.auth.allow_anonymous_loopback = false;
+        let text = config.validate().unwrap_err().to_string();
+        assert!(
+            text.starts_with("auth.allow_anonymous_loopback: "),
+            "{text}"
+        );
+        config.auth.keys.push(key("ops", "k"));
         assert_eq!(config.validate(), Ok(()));
     }
 

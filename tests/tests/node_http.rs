@@ -200,6 +200,32 @@ fn a_url_job_runs_the_whole_saga_and_notifies_once() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(hooks(&media, "/sink/hook-1").len(), 1);
     assert_eq!(smtp.messages().len(), 1);
+
+    // The saga's timeline: every step started and succeeded in order, one delivery per channel.
+    let (status, history) = get(&node, &format!("/v1/jobs/{id}/history"));
+    assert_eq!(status, 200, "{history}");
+    let types: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.first(), Some(&"accepted"), "{types:?}");
+    assert_eq!(types.last(), Some(&"completed"), "{types:?}");
+    assert_eq!(
+        types.iter().filter(|t| **t == "step_succeeded").count(),
+        4,
+        "{types:?}"
+    );
+    assert_eq!(
+        types.iter().filter(|t| **t == "delivered").count(),
+        2,
+        "{types:?}"
+    );
+    assert_eq!(
+        get(&node, "/v1/jobs/0123456789abcdef01234567/history").0,
+        404
+    );
 }
 
 #[test]

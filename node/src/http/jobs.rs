@@ -568,6 +568,33 @@ pub async fn retry(app: &App, call: &Call) -> Result<Response, Problem> {
     Ok(view_response(app, StatusCode::ACCEPTED, &state))
 }
 
+/// `GET /v1/jobs/{id}/history`: the job's saga timeline, every durable event in order (the
+/// same log the job's state is folded from): steps and attempts with their reasons, and each
+/// notification channel's delivery.
+pub fn history(app: &App, call: &Call) -> Result<Response, Problem> {
+    let job = visible_job(app, call)?;
+    let events = app.node.events(&job.id).map_err(|error| {
+        tracing::error!(%error, "job log read failed");
+        Problem::internal()
+    })?;
+    let events: Vec<serde_json::Value> = events
+        .iter()
+        .enumerate()
+        .map(|(seq, event)| {
+            serde_json::json!({
+                "seq": seq,
+                "type": event.name(),
+                "at": ytcaption_protocol::time::rfc3339_ms(event.at()),
+                "event": event,
+            })
+        })
+        .collect();
+    Ok(super::json(
+        StatusCode::OK,
+        &serde_json::json!({ "job_id": job.id.as_str(), "events": events }),
+    ))
+}
+
 /// `GET /v1/jobs/{id}/transcript?format=`: the transcript (JSON by default); 409 until the
 /// job completed.
 pub async fn transcript(app: &App, call: &Call, query: Option<&str>) -> Result<Response, Problem> {

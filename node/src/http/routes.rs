@@ -18,6 +18,7 @@ pub enum Route {
     RetryJob,
     Transcript,
     Events,
+    History,
     AudioTranscriptions,
     AudioTranslations,
     AdminStatus,
@@ -37,6 +38,7 @@ pub const TABLE: &[(&str, &str, Route)] = &[
     ("POST", "/v1/jobs/{id}/retry", Route::RetryJob),
     ("GET", "/v1/jobs/{id}/transcript", Route::Transcript),
     ("GET", "/v1/jobs/{id}/events", Route::Events),
+    ("GET", "/v1/jobs/{id}/history", Route::History),
     (
         "POST",
         "/v1/audio/transcriptions",
@@ -63,6 +65,7 @@ impl Route {
             Route::RetryJob => "POST /v1/jobs/{id}/retry",
             Route::Transcript => "GET /v1/jobs/{id}/transcript",
             Route::Events => "GET /v1/jobs/{id}/events",
+            Route::History => "GET /v1/jobs/{id}/history",
             Route::AudioTranscriptions => "POST /v1/audio/transcriptions",
             Route::AudioTranslations => "POST /v1/audio/translations",
             Route::AdminStatus => "GET /v1/admin/status",
