@@ -208,6 +208,23 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// Reads and drops up to 16 MiB of a body being refused (for one second at most), so that a
+/// client still sending can finish and read the answer: closing on unread data makes the
+/// kernel reset the connection, and the client would see a broken pipe instead of the 413.
+async fn drain(mut body: ReqBody) {
+    let mut left: u64 = 16 << 20;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |data| data.len() as u64);
+                left = left.saturating_sub(len);
+            }
+            _ => break,
+        }
+    }
+}
+
 /// The whole JSON body, at most `max_json_body` bytes (413 past it), within the request
 /// timeout.
 async fn read_json(app: &App, headers: &HeaderMap, body: ReqBody) -> Result<bytes::Bytes, Problem> {
@@ -219,6 +236,7 @@ async fn read_json(app: &App, headers: &HeaderMap, body: ReqBody) -> Result<byte
         )
     };
     if content_length(headers).is_some_and(|length| length > limit) {
+        drain(body).await;
         return Err(too_large());
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -264,6 +282,7 @@ pub(super) async fn receive_form(
     if content_length(headers)
         .is_some_and(|length| length > limits.max_file_bytes.saturating_add(envelope))
     {
+        drain(body).await;
         return Err(Problem::too_large(
             "form.file_too_large",
             format!(

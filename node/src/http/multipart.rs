@@ -208,6 +208,23 @@ async fn idle<T>(
     }
 }
 
+/// At most this much of an oversized part is read and dropped before answering 413.
+const DRAIN_BYTES: u64 = 16 << 20;
+
+/// Reads and drops the rest of an oversized part (bounded by [`DRAIN_BYTES`] and the idle
+/// timeout), so the client can finish sending and read the 413. Closing a connection with
+/// unread data makes the kernel reset it, and the client would see a broken pipe instead of
+/// the answer.
+async fn drain(field: &mut multer::Field<'_>, limits: &FormLimits) {
+    let mut left = DRAIN_BYTES;
+    while left > 0 {
+        match tokio::time::timeout(limits.idle_timeout, field.chunk()).await {
+            Ok(Ok(Some(chunk))) => left = left.saturating_sub(chunk.len() as u64),
+            _ => break,
+        }
+    }
+}
+
 /// Reads a form from `body`. The part named `file_field` (or any part with a file name) is
 /// the upload, written to `dest`; every other part is text.
 pub async fn read_form<S, E>(
@@ -305,6 +322,7 @@ async fn write_part(
     while let Some(chunk) = idle(limits, field.chunk()).await? {
         bytes += chunk.len() as u64;
         if bytes > limits.max_file_bytes {
+            drain(field, limits).await;
             return Err(FormError::FileTooLarge {
                 limit: limits.max_file_bytes,
             });
