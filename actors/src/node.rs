@@ -160,8 +160,6 @@ impl Node {
                 transcribe: step(&jobs.transcribe),
                 store: step(&jobs.store),
                 notify: step(&jobs.notify),
-                transcribe_per_audio_second: jobs.transcribe_timeout_per_audio_second,
-                transcribe_min: jobs.transcribe_timeout_min,
                 backoff: Backoff {
                     base: jobs.retry.base,
                     factor: jobs.retry.factor,

@@ -208,7 +208,7 @@ impl NotifyWork {
         let mut deliveries = Vec::new();
         let mut pending = Vec::new();
         let mut smtp_down = false;
-        for channel in crate::saga::channels(&request.spec) {
+        for channel in request.spec.channels() {
             if request.delivered.contains(&channel) {
                 continue;
             }

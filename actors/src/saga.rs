@@ -21,7 +21,7 @@ use std::time::Duration;
 use ractor::{ActorId, ActorRef};
 use tokio::sync::{watch, Notify};
 use ytcaption_protocol::wire::{StepReply, StepRequest};
-use ytcaption_protocol::{Channel, Event, JobId, JobState, Reason, Step};
+use ytcaption_protocol::{Event, JobId, JobState, Reason, Step};
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -66,9 +66,6 @@ pub struct SagaParams {
     pub transcribe: StepLimits,
     pub store: StepLimits,
     pub notify: StepLimits,
-    /// Transcription deadline per second of audio, and its floor.
-    pub transcribe_per_audio_second: f64,
-    pub transcribe_min: Duration,
     pub backoff: Backoff,
     /// Notifications are retried until this long after the notify step first started.
     pub notify_give_up_after: Duration,
@@ -439,7 +436,9 @@ async fn exhausted(
         append(ctx, &state.id, vec![event]).await?;
         return Ok(Turn::Continue);
     }
-    let mut events: Vec<Event> = channels(&state.spec)
+    let mut events: Vec<Event> = state
+        .spec
+        .channels()
         .into_iter()
         .filter(|channel| !state.delivered.contains(channel) && !state.gave_up.contains(channel))
         .map(|channel| Event::GaveUp {
@@ -604,18 +603,6 @@ pub async fn purge(
         Ok(ractor::rpc::CallResult::Success(result)) => result,
         Ok(_) | Err(_) => Err("the storage worker did not answer".into()),
     }
-}
-
-/// Channels a job asked for, in order.
-pub fn channels(state_spec: &ytcaption_protocol::JobSpec) -> Vec<Channel> {
-    let mut out = Vec::new();
-    if state_spec.webhook_url.is_some() {
-        out.push(Channel::Webhook);
-    }
-    if state_spec.email.is_some() {
-        out.push(Channel::Email);
-    }
-    out
 }
 
 #[cfg(test)]

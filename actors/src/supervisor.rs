@@ -136,13 +136,6 @@ impl SupervisorStatus {
             .any(|child| child.role == role && child.state == ChildState::Running)
     }
 
-    /// True when every child is running (readiness).
-    pub fn all_running(&self) -> bool {
-        self.lock()
-            .values()
-            .all(|child| child.state == ChildState::Running)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ChildStatus>> {
         self.children.lock().unwrap_or_else(PoisonError::into_inner)
     }

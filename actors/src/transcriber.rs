@@ -87,17 +87,6 @@ pub fn valid_model_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
-/// Decodes and transcribes a media file on the calling (blocking) thread.
-pub fn transcribe_file(
-    engine: &Engine,
-    path: &Path,
-    options: &TranscribeOptions,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<(Transcript, Stats), EngineError> {
-    let source = AudioSource::open(path)?;
-    engine.transcribe(source, options, progress)
-}
-
 /// The Transcriber's settings.
 #[derive(Debug, Clone)]
 pub struct TranscriberParams {

@@ -132,6 +132,20 @@ pub struct JobSpec {
     pub owner: String,
 }
 
+impl JobSpec {
+    /// The notification channels the client asked for, in delivery order.
+    pub fn channels(&self) -> Vec<Channel> {
+        let mut out = Vec::new();
+        if self.webhook_url.is_some() {
+            out.push(Channel::Webhook);
+        }
+        if self.email.is_some() {
+            out.push(Channel::Email);
+        }
+        out
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -548,13 +562,10 @@ impl JobState {
 
     /// True while a requested notification channel is neither delivered nor given up.
     pub fn notification_pending(&self) -> bool {
-        let wanted = [
-            (Channel::Webhook, self.spec.webhook_url.is_some()),
-            (Channel::Email, self.spec.email.is_some()),
-        ];
-        wanted.iter().any(|(channel, asked)| {
-            *asked && !self.delivered.contains(channel) && !self.gave_up.contains(channel)
-        })
+        self.spec
+            .channels()
+            .iter()
+            .any(|channel| !self.delivered.contains(channel) && !self.gave_up.contains(channel))
     }
 
     /// The first step without a recorded output: where the saga resumes.

@@ -93,6 +93,19 @@ fn s3_storage(s3: &SeaweedFs, bucket: &str, extra: &str) -> String {
     )
 }
 
+/// Polls a job until the transcriber is working on it.
+fn wait_transcribing(node: &NodeProcess, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, state) = get(node, &format!("/v1/jobs/{id}"));
+        if state["state"] == "transcribing" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never transcribing: {state}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Status and JSON body of a response, whether ureq calls it an error or not.
 fn response(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
     let response = match result {
@@ -245,15 +258,7 @@ fn kill_9_mid_transcription_then_restart_completes_with_one_webhook_and_one_emai
     assert_eq!(status, 202, "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
     // Wait until it is transcribing, then kill the node hard.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, state) = get(&node, &format!("/v1/jobs/{id}"));
-        if state["state"] == "transcribing" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never transcribing: {state}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_transcribing(&node, &id);
     std::thread::sleep(Duration::from_millis(500));
     node.restart();
     let done = wait(&node, &id, Duration::from_secs(180));
@@ -495,11 +500,7 @@ fn a_cancelled_job_notifies_once_and_a_retry_completes_it() {
     );
     assert_eq!(status, 202, "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get(&node, &format!("/v1/jobs/{id}")).1["state"] != "transcribing" {
-        assert!(Instant::now() < deadline, "never transcribing");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_transcribing(&node, &id);
     let (status, _) = response(ureq::delete(&node.url(&format!("/v1/jobs/{id}"))).call());
     assert_eq!(status, 202);
     let cancelled = wait(&node, &id, Duration::from_secs(60));
