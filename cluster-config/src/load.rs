@@ -160,6 +160,10 @@ fn schema_exemplar() -> Config {
     config.storage.s3.access_key = some();
     config.storage.s3.secret_key = some();
     config.notify.webhook_secret = some();
+    config.cluster.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 1)));
+    config.cluster.advertise = some();
+    config.cluster.cookie = some();
+    config.cluster.seeds = vec![String::new()];
     config.notify.allow_private = vec![String::new()];
     config.notify.smtp = Some(Smtp {
         username: some(),

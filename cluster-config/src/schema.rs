@@ -53,6 +53,7 @@ pub struct Config {
     pub storage: Storage,
     pub notify: Notify,
     pub supervisor: Supervisor,
+    pub cluster: Cluster,
     pub log: Log,
 }
 
@@ -70,6 +71,7 @@ impl Default for Config {
             storage: Storage::default(),
             notify: Notify::default(),
             supervisor: Supervisor::default(),
+            cluster: Cluster::default(),
             log: Log::default(),
         }
     }
@@ -602,6 +604,123 @@ impl Default for Supervisor {
     }
 }
 
+/// A worker role a node can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerRole {
+    Download,
+    Transcribe,
+    Store,
+    Notify,
+}
+
+impl WorkerRole {
+    pub const ALL: [WorkerRole; 4] = [
+        WorkerRole::Download,
+        WorkerRole::Transcribe,
+        WorkerRole::Store,
+        WorkerRole::Notify,
+    ];
+}
+
+/// The peer cluster. Off while `listen` is unset: the node runs alone.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// Cluster port (`ip:port`). Unset: no cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `host:port` other nodes dial to reach this one; unset = `listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// Nodes to dial at start and whenever they are not connected: `host:port` each; a DNS name
+    /// stands for every address it resolves to (a Kubernetes headless service).
+    pub seeds: Vec<String>,
+    /// Shared secret: the cluster handshake and internal blob transfers. Required with `listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// Also dial the members other nodes report (full mesh from any seed). Off: seeds only.
+    pub discover: bool,
+    /// Worker roles this node runs; a node without `transcribe` hands every transcription to
+    /// its peers.
+    pub roles: Vec<WorkerRole>,
+    /// Nodes that hold each job's log (the owner included) before it is acknowledged.
+    pub replication_factor: u32,
+    #[serde(with = "dur")]
+    pub heartbeat_interval: Duration,
+    /// No heartbeat answer for this long: suspect (no new work placed there).
+    #[serde(with = "dur")]
+    pub suspect_after: Duration,
+    /// No heartbeat answer for this long: down (connection closed, its jobs taken over).
+    #[serde(with = "dur")]
+    pub down_after: Duration,
+    #[serde(with = "dur")]
+    pub reconnect_base: Duration,
+    #[serde(with = "dur")]
+    pub reconnect_cap: Duration,
+    /// Timeout of control calls between nodes (replication, lookups, forwarded operations).
+    #[serde(with = "dur")]
+    pub call_timeout: Duration,
+    /// Jobs waiting or running in the whole cluster past which submissions get 429.
+    pub max_queued: usize,
+    /// Steps this node's owners have in flight on any one peer.
+    pub max_in_flight_per_peer: usize,
+}
+
+impl Default for Cluster {
+    fn default() -> Cluster {
+        Cluster {
+            listen: None,
+            advertise: None,
+            seeds: Vec::new(),
+            cookie: None,
+            discover: true,
+            roles: WorkerRole::ALL.to_vec(),
+            replication_factor: 2,
+            heartbeat_interval: Duration::from_millis(200),
+            suspect_after: Duration::from_millis(1000),
+            down_after: Duration::from_millis(2000),
+            reconnect_base: Duration::from_millis(100),
+            reconnect_cap: secs(5),
+            call_timeout: secs(5),
+            max_queued: 50_000,
+            max_in_flight_per_peer: 64,
+        }
+    }
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("seeds", &self.seeds)
+            .field("cookie", &redacted(&self.cookie))
+            .field("discover", &self.discover)
+            .field("roles", &self.roles)
+            .field("replication_factor", &self.replication_factor)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("suspect_after", &self.suspect_after)
+            .field("down_after", &self.down_after)
+            .field("reconnect_base", &self.reconnect_base)
+            .field("reconnect_cap", &self.reconnect_cap)
+            .field("call_timeout", &self.call_timeout)
+            .field("max_queued", &self.max_queued)
+            .field("max_in_flight_per_peer", &self.max_in_flight_per_peer)
+            .finish()
+    }
+}
+
+impl Cluster {
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some()
+    }
+
+    pub fn runs(&self, role: WorkerRole) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -640,13 +759,14 @@ mod tests {
         let mut config = Config::default();
         config.storage.s3.secret_key = Some("s3-very-secret".into());
         config.notify.webhook_secret = Some("hook-very-secret".into());
+        config.cluster.cookie = Some("cookie-very-secret".into());
         config.notify.smtp = Some(Smtp {
             password: Some("smtp-very-secret".into()),
             ..Smtp::default()
         });
         let text = format!("{config:?}");
         assert!(!text.contains("very-secret"), "{text}");
-        assert_eq!(text.matches("<redacted>").count(), 3, "{text}");
+        assert_eq!(text.matches("<redacted>").count(), 4, "{text}");
     }
 
     #[test]

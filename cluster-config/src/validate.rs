@@ -8,7 +8,7 @@ use crate::error::{ConfigErrors, ConfigIssue};
 use crate::keys::parse_key_hash;
 use crate::net::Cidr;
 use crate::schema::{
-    Auth, Backend, Config, Downloader, Http, Jobs, Log, Notify, Retry, Smtp, Step, Storage,
+    Auth, Backend, Cluster, Config, Downloader, Http, Jobs, Log, Notify, Retry, Smtp, Step, Storage,
     Supervisor, Transcriber,
 };
 
@@ -191,6 +191,7 @@ impl Config {
         check_storage(&mut c, &self.storage);
         check_notify(&mut c, &self.notify);
         check_supervisor(&mut c, &self.supervisor);
+        check_cluster(&mut c, &self.cluster);
         check_log(&mut c, &self.log);
         ConfigErrors::check(c.issues)
     }
@@ -411,6 +412,46 @@ fn check_smtp(c: &mut Checker, smtp: &Smtp) {
         ("password", smtp.password.is_some()),
     );
     c.positive_duration("notify.smtp.timeout", smtp.timeout);
+}
+
+fn check_cluster(c: &mut Checker, k: &Cluster) {
+    for (path, value) in [
+        ("cluster.heartbeat_interval", k.heartbeat_interval),
+        ("cluster.suspect_after", k.suspect_after),
+        ("cluster.down_after", k.down_after),
+        ("cluster.reconnect_base", k.reconnect_base),
+        ("cluster.call_timeout", k.call_timeout),
+    ] {
+        c.positive_duration(path, value);
+    }
+    if k.suspect_after < k.heartbeat_interval {
+        c.fail("cluster.suspect_after", "must not be shorter than cluster.heartbeat_interval");
+    }
+    if k.down_after < k.suspect_after {
+        c.fail("cluster.down_after", "must not be shorter than cluster.suspect_after");
+    }
+    if k.reconnect_cap < k.reconnect_base {
+        c.fail("cluster.reconnect_cap", "must not be shorter than cluster.reconnect_base");
+    }
+    c.positive("cluster.replication_factor", u64::from(k.replication_factor));
+    c.positive("cluster.max_queued", k.max_queued as u64);
+    c.positive("cluster.max_in_flight_per_peer", k.max_in_flight_per_peer as u64);
+    for (index, seed) in k.seeds.iter().enumerate() {
+        if !seed.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)) {
+            c.fail(format!("cluster.seeds[{index}]"), format!("`{seed}` is not host:port"));
+        }
+    }
+    if let Some(advertise) = &k.advertise {
+        if !advertise.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()) {
+            c.fail("cluster.advertise", format!("`{advertise}` is not host:port"));
+        }
+    }
+    if k.enabled() && k.cookie.as_deref().is_none_or(str::is_empty) {
+        c.fail("cluster.cookie", "is required with cluster.listen (set YTCAPTION_CLUSTER__COOKIE)");
+    }
+    if !k.enabled() && !k.seeds.is_empty() {
+        c.fail("cluster.seeds", "needs cluster.listen");
+    }
 }
 
 fn check_supervisor(c: &mut Checker, s: &Supervisor) {
