@@ -52,6 +52,7 @@ impl From<StoreError> for JobError {
     }
 }
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum JobManagerMsg {
     Submit(
         Box<JobState>,
@@ -191,7 +192,20 @@ impl Actor for JobManager {
     ) -> Result<JobManagerState, ActorProcessingErr> {
         ractor::pg::join(ROLE.to_owned(), vec![myself.get_cell()]);
         let mut unfinished = args.saga.store.unfinished()?;
+        // Copies of jobs other nodes own are theirs to drive (or to take over, see cluster).
+        unfinished.retain(|job| args.saga.owns(job));
         unfinished.sort_by(|a, b| a.id.cmp(&b.id));
+        if let Some(cluster) = args.saga.cluster.clone() {
+            // After a restart a newer owner may exist: meet the peers before resuming.
+            let me = myself.clone();
+            tokio::spawn(async move {
+                cluster.wait_settled().await;
+                for job in unfinished {
+                    let _ = me.cast(JobManagerMsg::Start(job.id));
+                }
+            });
+            unfinished = Vec::new();
+        }
         let mut state = JobManagerState {
             args,
             waiting: VecDeque::new(),
@@ -323,6 +337,12 @@ async fn cancel(state: &JobManagerState, id: &JobId) -> Result<JobState, JobErro
         .get(id)?
         .filter(|job| !job.deleted)
         .ok_or(JobError::NotFound)?;
+    if !state.args.saga.owns(&job) {
+        return Err(JobError::Store(format!(
+            "node {} owns this job now; retry",
+            job.owner_node.as_deref().unwrap_or("?")
+        )));
+    }
     if job.is_terminal() {
         return Err(JobError::Conflict(format!(
             "the job is already {}",
@@ -343,6 +363,12 @@ async fn retry(state: &JobManagerState, id: &JobId) -> Result<JobState, JobError
         .get(id)?
         .filter(|job| !job.deleted)
         .ok_or(JobError::NotFound)?;
+    if !state.args.saga.owns(&job) {
+        return Err(JobError::Store(format!(
+            "node {} owns this job now; retry",
+            job.owner_node.as_deref().unwrap_or("?")
+        )));
+    }
     if !matches!(
         job.stage,
         ytcaption_protocol::Stage::Failed | ytcaption_protocol::Stage::Cancelled

@@ -14,6 +14,7 @@
 //!   [`notify`] (signed webhooks, email).
 //! - [`hub`]: live job updates for watchers; [`metrics`]: Prometheus metrics.
 
+pub mod cluster;
 pub mod download;
 pub mod downloader;
 pub mod engine;

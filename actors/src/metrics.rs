@@ -27,6 +27,16 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_seconds: HistogramVec,
     pub notifications: IntCounterVec,
+    /// Cluster members by state (alive, suspect, down), this node excluded.
+    pub members: IntGaugeVec,
+    /// Cluster messages refused because they did not decode, by reason code.
+    pub wire_errors: IntCounterVec,
+    /// Jobs this node took over from a lost owner, or received by a hand-over.
+    pub takeovers: IntCounter,
+    /// Milliseconds from a member's last heartbeat answer to it being marked down.
+    pub detection_seconds: Histogram,
+    /// Replication of a job log to a peer, by outcome.
+    pub replications: IntCounterVec,
 }
 
 /// Metric constructors fail only on invalid names or label sets; ours are constants, checked
@@ -153,8 +163,56 @@ impl Metrics {
                     &["channel", "outcome"],
                 ),
             ),
+            members: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("ytcaption_cluster_members", "Cluster peers by state"),
+                    &["state"],
+                )
+                .expect(VALID),
+            ),
+            wire_errors: register(
+                r,
+                counter_vec(
+                    "ytcaption_cluster_wire_errors_total",
+                    "Cluster messages refused because they did not decode",
+                    &["code"],
+                ),
+            ),
+            takeovers: register(
+                r,
+                IntCounter::new(
+                    "ytcaption_cluster_takeovers_total",
+                    "Jobs taken over from a lost owner or handed over by a draining one",
+                )
+                .expect(VALID),
+            ),
+            detection_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ytcaption_cluster_detection_seconds",
+                        "Time from a peer's last heartbeat answer to it being marked down",
+                    )
+                    .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0]),
+                )
+                .expect(VALID),
+            ),
+            replications: register(
+                r,
+                counter_vec(
+                    "ytcaption_cluster_replications_total",
+                    "Job-log replications to a peer, by outcome",
+                    &["outcome"],
+                ),
+            ),
             registry,
         }
+    }
+
+    /// Counts a cluster message that did not decode.
+    pub fn wire_error(&self, code: &str) {
+        self.wire_errors.with_label_values(&[code]).inc();
     }
 
     /// Counts a saga event.

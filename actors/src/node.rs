@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, watch};
 use ytcaption_config::Config;
 use ytcaption_protocol::{Format, JobId, JobState, Stage};
 
+use crate::cluster::{Cluster, ClusterParams};
 use crate::download::DownloadParams;
 use crate::downloader::DownloadWork;
 use crate::hub::{Hub, Update};
@@ -35,7 +36,7 @@ use crate::supervisor::{
     ChildSpec, Policy, SpawnFn, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorStatus,
 };
 use crate::transcriber::{Engines, TranscribeWork, TranscriberParams};
-use crate::worker::{Work, Worker};
+use crate::worker::{Work, Worker, WorkerShared};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,7 @@ struct Inner {
     status: Arc<SupervisorStatus>,
     drivers: Arc<Drivers>,
     placement: Arc<Placement>,
+    cluster: Option<Arc<Cluster>>,
     supervisor: ActorRef<SupervisorMsg>,
     shutdown: watch::Sender<bool>,
     /// Upload staging area.
@@ -95,19 +97,26 @@ fn create_dir(path: &std::path::Path) -> Result<(), StartError> {
     })
 }
 
-/// A child spec that spawns `count` workers of one kind sharing `work`.
-fn workers<W: Work>(prefix: &str, count: usize, work: Arc<W>) -> Vec<ChildSpec> {
-    (1..=count.max(1))
+/// A child spec that spawns `count` workers of one kind sharing `work` (none when the node
+/// does not run the role).
+fn workers<W: Work>(
+    prefix: &str,
+    count: usize,
+    work: Arc<W>,
+    shared: &Arc<WorkerShared>,
+) -> Vec<ChildSpec> {
+    (1..=count)
         .map(|index| {
             let name = format!("{prefix}-{index}");
             let work = work.clone();
+            let shared = shared.clone();
             let actor_name = name.clone();
             let spawn: SpawnFn = Arc::new(move |supervisor| {
-                let work = work.clone();
+                let args = (work.clone(), shared.clone());
                 let actor_name = actor_name.clone();
                 Box::pin(async move {
                     let (actor, _) =
-                        Actor::spawn_linked(Some(actor_name), Worker::<W>::new(), work, supervisor)
+                        Actor::spawn_linked(Some(actor_name), Worker::<W>::new(), args, supervisor)
                             .await?;
                     Ok(actor.get_cell())
                 })
@@ -152,6 +161,25 @@ impl Node {
             timeout: limits.timeout,
         };
         let placement = Arc::new(Placement::default());
+        let worker_shared = Arc::new(WorkerShared::new(metrics.clone()));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let counts = worker_counts(&config);
+        let cluster = match cluster_params(&config, &counts)? {
+            Some(params) => {
+                let cluster = Cluster::start(
+                    params,
+                    store.clone(),
+                    metrics.clone(),
+                    worker_shared.clone(),
+                    shutdown_rx.clone(),
+                )
+                .await
+                .map_err(|error| StartError::Actors(error.to_string()))?;
+                placement.set_cluster(cluster.clone());
+                Some(cluster)
+            }
+            None => None,
+        };
         let saga = Arc::new(SagaContext {
             store: store.clone(),
             hub: hub.clone(),
@@ -170,7 +198,8 @@ impl Node {
             },
             placement: placement.clone(),
             metrics: metrics.clone(),
-            epoch: 1,
+            node: config.node_name.clone(),
+            cluster: cluster.clone(),
         });
 
         let threads = config.transcriber_threads(cores());
@@ -207,7 +236,6 @@ impl Node {
                 .map_err(|error| StartError::Config(error.to_string()))?,
         );
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let drivers = Arc::new(Drivers::default());
         let manager_args = {
             let saga = saga.clone();
@@ -239,14 +267,10 @@ impl Node {
             role: crate::job_manager::ROLE,
             spawn: manager_spawn,
         }];
-        children.extend(workers("downloader", config.downloader.workers, download));
-        children.extend(workers(
-            "transcriber",
-            config.transcriber_workers(cores()),
-            transcribe,
-        ));
-        children.extend(workers("storage", 4, store_work));
-        children.extend(workers("notifier", 4, notify));
+        children.extend(workers("downloader", counts[0], download, &worker_shared));
+        children.extend(workers("transcriber", counts[1], transcribe, &worker_shared));
+        children.extend(workers("storage", counts[2], store_work, &worker_shared));
+        children.extend(workers("notifier", counts[3], notify, &worker_shared));
 
         let status = Arc::new(SupervisorStatus::default());
         let restart_metrics = metrics.clone();
@@ -286,6 +310,7 @@ impl Node {
                 status,
                 drivers,
                 placement,
+                cluster,
                 supervisor,
                 shutdown,
                 spool,
@@ -363,9 +388,20 @@ impl Node {
     /// Accepts a job durably. `job.id` must come from [`Node::new_job_id`].
     pub async fn submit(
         &self,
-        job: JobState,
+        mut job: JobState,
         idempotency_key: Option<String>,
     ) -> Result<Submitted, SubmitError> {
+        if let Some(cluster) = &self.inner.cluster {
+            let queued = cluster.cluster_queued();
+            if queued >= cluster.max_queued() {
+                return Err(SubmitError::QueueFull(queued));
+            }
+            job.apply(&ytcaption_protocol::Event::Owner {
+                node: cluster.name().to_owned(),
+                epoch: 1,
+                at: job.created_at,
+            });
+        }
         self.call_manager(|reply| JobManagerMsg::Submit(Box::new(job), idempotency_key, reply))
             .await
             .unwrap_or_else(|| {
@@ -375,12 +411,52 @@ impl Node {
             })
     }
 
-    pub fn job(&self, id: &JobId) -> Result<Option<JobState>, StoreError> {
+    /// A job from this node's log or, in a cluster, from the live peers that hold a copy.
+    pub async fn job(&self, id: &JobId) -> Result<Option<JobState>, StoreError> {
+        if let Some(job) = self.inner.store.get(id)? {
+            return Ok((!job.deleted).then_some(job));
+        }
+        Ok(self
+            .remote_copy(id)
+            .await
+            .map(|copy| copy.state)
+            .filter(|job| !job.deleted))
+    }
+
+    /// This node's copy only (no network): for hot paths that already read the job.
+    pub fn local_job(&self, id: &JobId) -> Result<Option<JobState>, StoreError> {
         Ok(self.inner.store.get(id)?.filter(|job| !job.deleted))
     }
 
-    pub fn events(&self, id: &JobId) -> Result<Vec<ytcaption_protocol::Event>, StoreError> {
-        self.inner.store.events(id)
+    async fn remote_copy(&self, id: &JobId) -> Option<ytcaption_protocol::cluster::JobCopy> {
+        match &self.inner.cluster {
+            Some(cluster) => cluster.lookup(id).await,
+            None => None,
+        }
+    }
+
+    pub async fn events(&self, id: &JobId) -> Result<Vec<ytcaption_protocol::Event>, StoreError> {
+        if self.inner.store.get(id)?.is_some() {
+            return self.inner.store.events(id);
+        }
+        Ok(self
+            .remote_copy(id)
+            .await
+            .map(|copy| copy.events)
+            .unwrap_or_default())
+    }
+
+    /// The cluster, when this node is part of one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.inner.cluster.as_ref()
+    }
+
+    /// Stops (or resumes) placing work on `node`; draining hands its jobs over.
+    pub async fn drain(&self, node: &str, on: bool) -> Result<(), String> {
+        match &self.inner.cluster {
+            Some(cluster) => cluster.drain(node, on).await,
+            None => Err("this node is not part of a cluster".into()),
+        }
     }
 
     pub fn list(&self, filter: &ListFilter) -> Result<(Vec<JobState>, Option<JobId>), StoreError> {
@@ -404,20 +480,57 @@ impl Node {
         })
     }
 
+    /// The node that must run an operation on `id`: `None` for this one.
+    async fn owner_elsewhere(&self, id: &JobId) -> Result<Option<String>, JobError> {
+        let Some(cluster) = &self.inner.cluster else {
+            return Ok(None);
+        };
+        let owner = match self.inner.store.get(id)? {
+            Some(job) => job.owner_node,
+            None => match cluster.lookup(id).await {
+                Some(copy) => copy.state.owner_node,
+                None => return Err(JobError::NotFound),
+            },
+        };
+        Ok(owner.filter(|owner| owner != cluster.name()))
+    }
+
+    async fn op(
+        &self,
+        id: &JobId,
+        op: ytcaption_protocol::cluster::JobOp,
+        build: impl FnOnce(ractor::RpcReplyPort<Result<JobState, JobError>>) -> JobManagerMsg,
+    ) -> Result<JobState, JobError> {
+        if let (Some(owner), Some(cluster)) = (self.owner_elsewhere(id).await?, &self.inner.cluster)
+        {
+            return cluster.forward(&owner, id, op).await;
+        }
+        self.job_op(build).await
+    }
+
     pub async fn cancel(&self, id: &JobId) -> Result<JobState, JobError> {
-        self.job_op(|reply| JobManagerMsg::Cancel(id.clone(), reply))
-            .await
+        use ytcaption_protocol::cluster::JobOp;
+        self.op(id, JobOp::Cancel, |reply| {
+            JobManagerMsg::Cancel(id.clone(), reply)
+        })
+        .await
     }
 
     pub async fn retry(&self, id: &JobId) -> Result<JobState, JobError> {
-        self.job_op(|reply| JobManagerMsg::Retry(id.clone(), reply))
-            .await
+        use ytcaption_protocol::cluster::JobOp;
+        self.op(id, JobOp::Retry, |reply| {
+            JobManagerMsg::Retry(id.clone(), reply)
+        })
+        .await
     }
 
     /// Cancels a running job, or deletes a finished one's data.
     pub async fn delete(&self, id: &JobId) -> Result<JobState, JobError> {
-        self.job_op(|reply| JobManagerMsg::Delete(id.clone(), reply))
-            .await
+        use ytcaption_protocol::cluster::JobOp;
+        self.op(id, JobOp::Delete, |reply| {
+            JobManagerMsg::Delete(id.clone(), reply)
+        })
+        .await
     }
 
     /// A completed job's transcript in `format` (stored, or rendered from the JSON one).
@@ -504,6 +617,7 @@ impl Node {
             "steps_in_flight": self.inner.placement.in_flight(),
             "watchers": self.inner.hub.watched(),
             "storage": self.inner.storage.describe(),
+            "cluster": self.inner.cluster.as_ref().map(|cluster| cluster.status()),
         })
     }
 
@@ -553,6 +667,69 @@ async fn open_storage(config: &Config) -> Result<Storage, StartError> {
             .map_err(|error| StartError::Storage(error.to_string()))
         }
     }
+}
+
+/// Workers per role on this node: download, transcribe, store, notify (0 when the node does
+/// not run the role).
+fn worker_counts(config: &Config) -> [usize; 4] {
+    use ytcaption_config::WorkerRole;
+    let runs = |role| !config.cluster.enabled() || config.cluster.runs(role);
+    let count = |role, n: usize| if runs(role) { n.max(1) } else { 0 };
+    [
+        count(WorkerRole::Download, config.downloader.workers),
+        count(WorkerRole::Transcribe, config.transcriber_workers(cores())),
+        count(WorkerRole::Store, 4),
+        count(WorkerRole::Notify, 4),
+    ]
+}
+
+fn cluster_params(config: &Config, counts: &[usize; 4]) -> Result<Option<ClusterParams>, StartError> {
+    let c = &config.cluster;
+    let Some(listen) = c.listen else {
+        return Ok(None);
+    };
+    let http_url = match &config.http.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let addr = config.http.listen;
+            let host = if addr.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                addr.ip().to_string()
+            };
+            format!("http://{host}:{}", addr.port())
+        }
+    };
+    let roles = [
+        crate::downloader::ROLE,
+        crate::transcriber::ROLE,
+        crate::storer::ROLE,
+        crate::notifier::ROLE,
+    ];
+    Ok(Some(ClusterParams {
+        name: config.node_name.clone(),
+        listen,
+        advertise: c.advertise.clone().unwrap_or_else(|| listen.to_string()),
+        http_url,
+        seeds: c.seeds.clone(),
+        cookie: c.cookie.clone().unwrap_or_default(),
+        discover: c.discover,
+        replication_factor: c.replication_factor.max(1) as usize,
+        heartbeat_interval: c.heartbeat_interval,
+        suspect_after: c.suspect_after,
+        down_after: c.down_after,
+        reconnect_base: c.reconnect_base,
+        reconnect_cap: c.reconnect_cap,
+        call_timeout: c.call_timeout,
+        max_queued: c.max_queued,
+        max_in_flight_per_peer: c.max_in_flight_per_peer.max(1),
+        workers: roles
+            .into_iter()
+            .zip(counts.iter())
+            .filter(|(_, count)| **count > 0)
+            .map(|(role, count)| (role, *count as u32))
+            .collect(),
+    }))
 }
 
 fn download_params(config: &Config) -> Result<DownloadParams, StartError> {

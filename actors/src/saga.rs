@@ -18,11 +18,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ractor::{ActorId, ActorRef};
+use ractor::{ActorCell, ActorId, ActorRef};
 use tokio::sync::{watch, Notify};
 use ytcaption_protocol::wire::{StepReply, StepRequest};
 use ytcaption_protocol::{Event, JobId, JobState, Reason, Step};
 
+use crate::cluster::Cluster;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -92,12 +93,22 @@ pub fn role(step: Step) -> &'static str {
     }
 }
 
-/// Picks an idle worker of a role: at most one step in flight per worker, so steps queue in
-/// their (durable) job, never in a worker's mailbox.
+/// Picks an idle worker of a role: at most one step in flight per worker (and at most
+/// `max_in_flight_per_peer` on one peer), so steps queue in their (durable) job, never in a
+/// worker's mailbox. In a cluster the candidates are every live, non-draining node's workers,
+/// ranked: the node that holds the step's input first, then this node, then the peer with
+/// the most idle workers of the role (from its last heartbeat).
 #[derive(Debug, Default)]
 pub struct Placement {
-    busy: Mutex<HashMap<ActorId, usize>>,
+    busy: Mutex<Busy>,
     freed: Notify,
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
+}
+
+#[derive(Debug, Default)]
+struct Busy {
+    workers: HashMap<ActorId, usize>,
+    nodes: HashMap<String, usize>,
 }
 
 /// A worker reserved for one step; released on drop.
@@ -106,15 +117,23 @@ pub struct Lease {
     placement: Arc<Placement>,
     id: ActorId,
     pub actor: ActorRef<WorkerMsg>,
+    /// The worker's node (empty without a cluster).
+    pub node: String,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         let mut busy = self.placement.lock();
-        if let Some(count) = busy.get_mut(&self.id) {
+        if let Some(count) = busy.workers.get_mut(&self.id) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                busy.remove(&self.id);
+                busy.workers.remove(&self.id);
+            }
+        }
+        if let Some(count) = busy.nodes.get_mut(&self.node) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                busy.nodes.remove(&self.node);
             }
         }
         drop(busy);
@@ -123,39 +142,78 @@ impl Drop for Lease {
 }
 
 impl Placement {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ActorId, usize>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Busy> {
         self.busy.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn try_acquire(self: &Arc<Self>, role: &str) -> Option<Lease> {
-        let members = ractor::pg::get_local_members(&role.to_owned());
+    /// Places steps on the whole cluster from now on.
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    fn try_acquire(self: &Arc<Self>, role: &str, prefer: Option<&str>) -> Option<Lease> {
+        let cluster = self.cluster.get();
+        let members = match cluster {
+            Some(_) => ractor::pg::get_members(&role.to_owned()),
+            None => ractor::pg::get_local_members(&role.to_owned()),
+        };
         let mut busy = self.lock();
-        let cell = members
-            .into_iter()
-            .find(|cell| !busy.contains_key(&cell.get_id()))?;
-        busy.insert(cell.get_id(), 1);
+        let mut best: Option<((bool, bool, u32), ActorCell, String)> = None;
+        for cell in members {
+            if busy.workers.contains_key(&cell.get_id()) {
+                continue;
+            }
+            let (node, rank) = match cluster {
+                None => (String::new(), (false, true, 0)),
+                Some(cluster) => {
+                    let Some(node) = cluster.node_of(&cell) else {
+                        continue;
+                    };
+                    let Some(idle) = cluster.placeable(&node, role) else {
+                        continue;
+                    };
+                    let limit = cluster.params().max_in_flight_per_peer;
+                    if node != cluster.name()
+                        && busy.nodes.get(&node).copied().unwrap_or(0) >= limit
+                    {
+                        continue;
+                    }
+                    let rank = (prefer == Some(node.as_str()), node == cluster.name(), idle);
+                    (node, rank)
+                }
+            };
+            if best.as_ref().is_none_or(|(top, ..)| rank > *top) {
+                best = Some((rank, cell, node));
+            }
+        }
+        let (_, cell, node) = best?;
+        busy.workers.insert(cell.get_id(), 1);
+        *busy.nodes.entry(node.clone()).or_insert(0) += 1;
         Some(Lease {
             placement: self.clone(),
             id: cell.get_id(),
             actor: ActorRef::from(cell),
+            node,
         })
     }
 
-    /// Waits for an idle worker of `role`; `None` if `cancel` fires first.
+    /// Waits for an idle worker of `role` (on `prefer`'s node if it has one); `None` if
+    /// `cancel` fires first.
     pub async fn acquire(
         self: &Arc<Self>,
         role: &str,
+        prefer: Option<&str>,
         cancel: &mut watch::Receiver<bool>,
     ) -> Option<Lease> {
         loop {
             let freed = self.freed.notified();
-            if let Some(lease) = self.try_acquire(role) {
+            if let Some(lease) = self.try_acquire(role, prefer) {
                 return Some(lease);
             }
             if *cancel.borrow() {
                 return None;
             }
-            // Members also come back by restarts, which do not notify: poll as well.
+            // Members also come back by restarts and joins, which do not notify: poll as well.
             tokio::select! {
                 () = freed => {}
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -166,7 +224,7 @@ impl Placement {
 
     /// Steps in flight (a gauge).
     pub fn in_flight(&self) -> usize {
-        self.lock().values().sum()
+        self.lock().workers.values().sum()
     }
 }
 
@@ -178,8 +236,16 @@ pub struct SagaContext {
     pub params: SagaParams,
     pub placement: Arc<Placement>,
     pub metrics: Arc<Metrics>,
-    /// This node's epoch (the cluster's fencing token; constant on one node).
-    pub epoch: u64,
+    /// This node's name (job owners are node names).
+    pub node: String,
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+impl SagaContext {
+    /// True when this node drives `job` (a job without an owner predates the cluster).
+    pub fn owns(&self, job: &JobState) -> bool {
+        job.owner_node.as_deref().is_none_or(|owner| owner == self.node)
+    }
 }
 
 pub use ytcaption_protocol::time::now_ms;
@@ -205,6 +271,10 @@ pub async fn drive(ctx: Arc<SagaContext>, id: JobId, mut cancel: watch::Receiver
                     Ok(Turn::Done) => break,
                     Ok(Turn::Stopped) => {
                         tracing::info!("driver stopped; the job resumes at the next start");
+                        break;
+                    }
+                    Err(StoreError::Fenced { owner, epoch }) => {
+                        tracing::warn!(%owner, epoch, "another node owns the job now; driver stops");
                         break;
                     }
                     Err(error) => {
@@ -254,7 +324,7 @@ async fn turn(
     let Some(state) = ctx.store.get(id)? else {
         return Ok(Turn::Done);
     };
-    if state.is_terminal() {
+    if state.is_terminal() || !ctx.owns(&state) {
         return Ok(Turn::Done);
     }
     if *cancel.borrow() {
@@ -309,15 +379,23 @@ async fn turn(
     if attempt > limits.attempts {
         return exhausted(ctx, &state, step, limits.attempts).await;
     }
-    let Some(lease) = ctx.placement.acquire(role(step), cancel).await else {
+    // The node that made the step's input has it at hand (local storage).
+    let prefer = match step {
+        Step::Transcribe => state.ran_on.get(&Step::Download),
+        Step::Store => state.ran_on.get(&Step::Transcribe),
+        _ => None,
+    };
+    let Some(lease) = ctx
+        .placement
+        .acquire(role(step), prefer.map(String::as_str), cancel)
+        .await
+    else {
         return Ok(Turn::Stopped);
     };
-    // The job may have been cancelled while it waited for a worker.
-    if ctx
-        .store
-        .get(id)?
-        .is_some_and(|now| (now.cancel_requested && !state.cancel_requested) || now.is_terminal())
-    {
+    // The job may have been cancelled (or handed over) while it waited for a worker.
+    if ctx.store.get(id)?.is_some_and(|now| {
+        (now.cancel_requested && !state.cancel_requested) || now.is_terminal() || !ctx.owns(&now)
+    }) {
         return Ok(Turn::Continue);
     }
     let started = now_ms();
@@ -328,6 +406,7 @@ async fn turn(
             step,
             attempt,
             at: started,
+            node: (!lease.node.is_empty()).then(|| lease.node.clone()),
         }],
     )
     .await?;
@@ -339,7 +418,7 @@ async fn turn(
     };
     let request = StepRequest {
         job_id: id.clone(),
-        epoch: ctx.epoch,
+        epoch: state.epoch,
         step,
         attempt,
         spec: state.spec.clone(),
@@ -359,10 +438,17 @@ async fn turn(
         },
     };
     let timeout = Duration::from_millis(deadline.saturating_sub(started)) + Duration::from_secs(5);
-    let call = lease.actor.call(
-        |reply| WorkerMsg::Run(Box::new(request), reply),
-        Some(timeout),
-    );
+    let bytes = match ytcaption_protocol::wire::encode(&request) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            let reply = failed_reply(id, step, error.code(), error.to_string());
+            record(ctx, id, step, attempt, reply).await?;
+            return Ok(Turn::Continue);
+        }
+    };
+    let call = lease
+        .actor
+        .call(|reply| WorkerMsg::Run(bytes, reply), Some(timeout));
     // A cancelled job's own notification must not be interrupted by its cancel.
     let already_cancelled = state.cancel_requested;
     let watch_cancel = async {
@@ -387,7 +473,20 @@ async fn turn(
         });
     };
     let reply = match reply {
-        Ok(ractor::rpc::CallResult::Success(reply)) => reply,
+        Ok(ractor::rpc::CallResult::Success(bytes)) => {
+            match ytcaption_protocol::wire::decode::<StepReply>(&bytes) {
+                Ok(reply) => reply,
+                Err(error) => {
+                    ctx.metrics.wire_error(error.code());
+                    failed_reply(
+                        id,
+                        step,
+                        "step.bad_reply",
+                        format!("the {step} worker's answer does not decode: {error}"),
+                    )
+                }
+            }
+        }
         Ok(ractor::rpc::CallResult::Timeout) => failed_reply(
             id,
             step,
@@ -549,6 +648,28 @@ async fn record(
         Ok(output) => events.push(Event::StepSucceeded { step, output, at }),
         Err(failure) => {
             let limits = ctx.params.limits(step);
+            // The input a step read is gone with the node that held it (local storage): run
+            // the step that made it again, then this one.
+            let lost_input = match step {
+                Step::Transcribe => Some(Step::Download),
+                Step::Store => Some(Step::Transcribe),
+                _ => None,
+            }
+            .filter(|_| failure.reason.code == "storage.not_found" && ctx.cluster.is_some());
+            if let Some(input) = lost_input {
+                if attempt < limits.attempts {
+                    tracing::warn!(%step, %input, reason = %failure.reason, "step input lost; redoing the step that made it");
+                    events.push(Event::StepFailed {
+                        step,
+                        attempt,
+                        reason: failure.reason,
+                        retry_at: Some(at),
+                        at,
+                    });
+                    events.push(Event::Invalidated { step: input, at });
+                    return append(ctx, id, events).await.map(drop);
+                }
+            }
             if failure.retryable && attempt < limits.attempts {
                 let delay = ctx.params.backoff.delay(attempt, random_u64());
                 tracing::warn!(%step, attempt, reason = %failure.reason, delay_ms = delay.as_millis() as u64, "step failed; retrying");
@@ -589,18 +710,48 @@ pub async fn purge(
     id: &JobId,
     cancel: &mut watch::Receiver<bool>,
 ) -> Result<u64, String> {
-    let Some(lease) = ctx.placement.acquire(crate::storer::ROLE, cancel).await else {
+    if let Some(cluster) = &ctx.cluster {
+        // With local storage each node holds its own copies: one storage worker per node
+        // removes them there (with S3 the later ones find nothing left).
+        let mut nodes = std::collections::HashSet::new();
+        let mut removed = 0;
+        for cell in ractor::pg::get_members(&crate::storer::ROLE.to_owned()) {
+            let Some(node) = cluster.node_of(&cell) else {
+                continue;
+            };
+            if !nodes.insert(node) {
+                continue;
+            }
+            removed += call_purge(ctx, &ActorRef::from(cell), id).await?;
+        }
+        return Ok(removed);
+    }
+    let Some(lease) = ctx
+        .placement
+        .acquire(crate::storer::ROLE, None, cancel)
+        .await
+    else {
         return Err("shutting down".into());
     };
-    match lease
-        .actor
+    call_purge(ctx, &lease.actor, id).await
+}
+
+async fn call_purge(
+    ctx: &SagaContext,
+    actor: &ActorRef<WorkerMsg>,
+    id: &JobId,
+) -> Result<u64, String> {
+    match actor
         .call(
-            |reply| WorkerMsg::Purge(id.clone(), reply),
+            |reply| WorkerMsg::Purge(id.to_string(), reply),
             Some(ctx.params.store.timeout),
         )
         .await
     {
-        Ok(ractor::rpc::CallResult::Success(result)) => result,
+        Ok(ractor::rpc::CallResult::Success(bytes)) => {
+            ytcaption_protocol::wire::decode::<Result<u64, String>>(&bytes)
+                .map_err(|error| format!("the storage worker's answer does not decode: {error}"))?
+        }
         Ok(_) | Err(_) => Err("the storage worker did not answer".into()),
     }
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::thread;
 
 use tokio::sync::oneshot;
+use ytcaption_protocol::cluster::{Replicate, ReplicateAnswer};
 use ytcaption_protocol::{Event, JobId, JobState, Stage};
 
 use crate::hub::Hub;
@@ -40,6 +41,22 @@ pub enum StoreError {
     Busy,
     #[error("the job log is shut down")]
     Closed,
+    /// Another node owns the job now (a higher epoch): this node must stop driving it.
+    #[error("node {owner} owns this job now (epoch {epoch})")]
+    Fenced { owner: String, epoch: u64 },
+    /// The cluster has other live nodes but none took a copy of the job.
+    #[error("no other node took a copy of the job: {0}")]
+    Unreplicated(String),
+}
+
+/// Copies each durable change of a job this node owns to other nodes (the cluster).
+pub trait Replicator: Send + Sync + std::fmt::Debug {
+    /// Called after `state` is on this node's disk; `tombstone` when its events were dropped.
+    fn replicate<'a>(
+        &'a self,
+        state: &'a JobState,
+        tombstone: Option<&'a Event>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'a>>;
 }
 
 /// The answer to a submission.
@@ -65,6 +82,11 @@ enum Op {
     },
     /// Stop after flushing what came before; answered once the writer let go of the database.
     Shutdown(oneshot::Sender<()>),
+    /// A copy of a job owned elsewhere (see [`Store::adopt`]).
+    Adopt {
+        copy: Box<Replicate>,
+        reply: oneshot::Sender<Result<ReplicateAnswer, StoreError>>,
+    },
     /// Drops a job's events and leaves its state, with the tombstone folded in.
     Tombstone {
         id: JobId,
@@ -80,6 +102,7 @@ pub struct Store {
     db: sled::Db,
     writer: SyncSender<Op>,
     active: Arc<ActiveByOwner>,
+    replicator: Arc<std::sync::OnceLock<Arc<dyn Replicator>>>,
 }
 
 /// Unfinished jobs per owner (for the concurrent-job quota), kept by the writer as states
@@ -170,7 +193,47 @@ impl Store {
             db,
             writer,
             active,
+            replicator: Arc::default(),
         })
+    }
+
+    /// Sets who copies every later change to other nodes (once; the cluster, at start).
+    pub fn set_replicator(&self, replicator: Arc<dyn Replicator>) {
+        let _ = self.replicator.set(replicator);
+    }
+
+    async fn replicate(&self, state: &JobState, tombstone: Option<&Event>) -> Result<(), StoreError> {
+        match self.replicator.get() {
+            Some(replicator) => replicator.replicate(state, tombstone).await,
+            None => Ok(()),
+        }
+    }
+
+    /// After a change that is already durable here: a fenced owner must stop; a copy that
+    /// reached no peer is logged, and the next change sends the whole log again.
+    async fn replicate_after_write(
+        &self,
+        state: &JobState,
+        tombstone: Option<&Event>,
+    ) -> Result<(), StoreError> {
+        match self.replicate(state, tombstone).await {
+            Err(StoreError::Unreplicated(error)) => {
+                tracing::warn!(job_id = %state.id, %error, "change not replicated yet");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Keeps a copy of a job owned by another node, unless this node knows a newer owner.
+    /// A copy with a higher epoch replaces the local one; one with the same epoch extends it.
+    pub async fn adopt(&self, copy: Replicate) -> Result<ReplicateAnswer, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Adopt {
+            copy: Box::new(copy),
+            reply,
+        })?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     fn send(&self, op: Op) -> Result<(), StoreError> {
@@ -200,7 +263,10 @@ impl Store {
             idempotency_ttl_ms: ttl_ms,
             reply,
         })?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let submitted = answer.await.map_err(|_| StoreError::Closed)??;
+        // Also for a repeated idempotency key: the first answer may have missed its replica.
+        self.replicate(&submitted.state, None).await?;
+        Ok(submitted)
     }
 
     /// Appends events to a job durably and returns the new state.
@@ -211,7 +277,9 @@ impl Store {
             events,
             reply,
         })?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let state = answer.await.map_err(|_| StoreError::Closed)??;
+        self.replicate_after_write(&state, None).await?;
+        Ok(state)
     }
 
     /// Removes a job's event history, keeping only its state with `event` (a `Deleted`) folded in.
@@ -219,10 +287,12 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         self.send(Op::Tombstone {
             id: id.clone(),
-            event,
+            event: event.clone(),
             reply,
         })?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let state = answer.await.map_err(|_| StoreError::Closed)??;
+        self.replicate_after_write(&state, Some(&event)).await?;
+        Ok(state)
     }
 
     pub fn get(&self, id: &JobId) -> Result<Option<JobState>, StoreError> {
@@ -384,6 +454,10 @@ enum Answer {
         oneshot::Sender<Result<JobState, StoreError>>,
         Result<JobState, StoreError>,
     ),
+    Adopted(
+        oneshot::Sender<Result<ReplicateAnswer, StoreError>>,
+        Result<ReplicateAnswer, StoreError>,
+    ),
     Closed(oneshot::Sender<()>),
 }
 
@@ -452,6 +526,10 @@ fn write_loop(db: sled::Db, tree: sled::Tree, requests: Receiver<Op>, observers:
                     drop(reply.send(Err(write_error(error))))
                 }
                 (Answer::State(reply, _), Err(error)) => drop(reply.send(Err(write_error(error)))),
+                (Answer::Adopted(reply, result), Ok(())) => drop(reply.send(result)),
+                (Answer::Adopted(reply, _), Err(error)) => {
+                    drop(reply.send(Err(write_error(error))))
+                }
                 (Answer::Closed(reply), _) => drop(reply.send(())),
             }
         }
@@ -504,6 +582,7 @@ impl Batch<'_> {
             ),
             Op::Append { id, events, reply } => Answer::State(reply, self.append(&id, events)),
             Op::Tombstone { id, event, reply } => Answer::State(reply, self.tombstone(&id, event)),
+            Op::Adopt { copy, reply } => Answer::Adopted(reply, self.adopt(*copy)),
             // The write loop takes shutdown requests out before applying a batch.
             Op::Shutdown(reply) => Answer::Closed(reply),
         }
@@ -556,6 +635,15 @@ impl Batch<'_> {
         }
         self.writes
             .insert(event_key(&state.id, 0), encode(&accepted));
+        // In a cluster the owner and its epoch are the second event.
+        if let Some(node) = &state.owner_node {
+            let owner = Event::Owner {
+                node: node.clone(),
+                epoch: state.epoch,
+                at: state.created_at,
+            };
+            self.writes.insert(event_key(&state.id, 1), encode(&owner));
+        }
         self.writes.insert(state_key(&state.id), encode(&state));
         self.dirty = true;
         self.states.insert(state.id.clone(), state.clone());
@@ -579,6 +667,55 @@ impl Batch<'_> {
         self.dirty = true;
         self.states.insert(id.clone(), state.clone());
         Ok(state)
+    }
+
+    fn adopt(&mut self, copy: Replicate) -> Result<ReplicateAnswer, StoreError> {
+        let id = &copy.job_id;
+        let local = match self.current(id) {
+            Ok(state) => Some(state),
+            Err(StoreError::NotFound) => None,
+            Err(error) => return Err(error),
+        };
+        if let Some(local) = &local {
+            if local.epoch > copy.epoch {
+                return Ok(ReplicateAnswer::Stale {
+                    owner: local.owner_node.clone().unwrap_or_default(),
+                    epoch: local.epoch,
+                });
+            }
+            let behind = local.epoch < copy.epoch || local.events < copy.events.len() as u64;
+            if local.deleted || (!behind && copy.tombstone.is_none()) {
+                return Ok(ReplicateAnswer::Stored);
+            }
+        }
+        let state = match (&copy.tombstone, local) {
+            (Some(_), None) => return Ok(ReplicateAnswer::Stored),
+            (Some(tombstone), Some(mut state)) => {
+                state.apply(tombstone);
+                state
+            }
+            (None, _) => match JobState::replay(id.clone(), &copy.events) {
+                Some(state) => state,
+                None => {
+                    return Ok(ReplicateAnswer::Failed(
+                        "the copy does not start with its acceptance".into(),
+                    ))
+                }
+            },
+        };
+        for entry in self.tree.scan_prefix(event_prefix(id)) {
+            let (key, _) = entry?;
+            self.writes.remove(key);
+        }
+        if copy.tombstone.is_none() {
+            for (seq, event) in copy.events.iter().enumerate() {
+                self.writes.insert(event_key(id, seq as u64), encode(event));
+            }
+        }
+        self.writes.insert(state_key(id), encode(&state));
+        self.dirty = true;
+        self.states.insert(id.clone(), state);
+        Ok(ReplicateAnswer::Stored)
     }
 
     fn tombstone(&mut self, id: &JobId, event: Event) -> Result<JobState, StoreError> {

@@ -147,6 +147,7 @@ impl SupervisorStatus {
     }
 }
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum SupervisorMsg {
     /// Start (or restart) a child by name; sent to itself after a backoff.
     Start(String),

@@ -8,30 +8,102 @@
 //! supervisor restarts it with backoff (see [`crate::supervisor`]); while it is down its role
 //! has one member fewer and the saga waits instead of hammering the dependency.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use ytcaption_protocol::wire::{StepReply, StepRequest};
+use ractor_cluster::RactorClusterMessage;
+use ytcaption_protocol::wire::{self, StepFailure, StepReply, StepRequest};
 use ytcaption_protocol::JobId;
 
-/// A message to a worker.
+use crate::metrics::Metrics;
+
+/// A message to a worker, local or on another node. Payloads are versioned
+/// [`ytcaption_protocol::wire`] bytes: a `StepRequest` in, a `StepReply` out; a job id in, a
+/// `Result<u64, String>` out for `Purge`. A payload that does not decode is refused with a
+/// counted error (ractor itself would drop it silently).
+#[derive(RactorClusterMessage)]
 pub enum WorkerMsg {
     /// Run one step and reply.
-    Run(Box<StepRequest>, RpcReplyPort<StepReply>),
+    #[rpc]
+    Run(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// Remove everything stored for a job (cancellation, retention, `DELETE`). Storage only;
     /// other workers answer `Ok` at once.
-    Purge(JobId, RpcReplyPort<Result<u64, String>>),
+    #[rpc]
+    Purge(String, RpcReplyPort<Vec<u8>>),
 }
 
 impl std::fmt::Debug for WorkerMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WorkerMsg::Run(request, _) => write!(f, "Run({} {})", request.job_id, request.step),
+            WorkerMsg::Run(request, _) => write!(f, "Run({} bytes)", request.len()),
             WorkerMsg::Purge(id, _) => write!(f, "Purge({id})"),
         }
     }
+}
+
+/// What the workers of one node share: fencing tokens and load counters.
+#[derive(Debug)]
+pub struct WorkerShared {
+    /// The highest epoch seen per job: a request from an older owner is refused.
+    fences: Mutex<HashMap<JobId, u64>>,
+    /// Busy workers per role.
+    busy: Mutex<HashMap<&'static str, u32>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Fencing entries kept at most (oldest forgotten first is not needed: a full map is cleared,
+/// and the owner's own log fences it again at its next replication).
+const MAX_FENCES: usize = 100_000;
+
+impl WorkerShared {
+    pub fn new(metrics: Arc<Metrics>) -> WorkerShared {
+        WorkerShared {
+            fences: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Records `epoch` for `job`; false if a newer owner was already seen.
+    pub fn admit(&self, job: &JobId, epoch: u64) -> bool {
+        let mut fences = self.fences.lock().unwrap_or_else(PoisonError::into_inner);
+        let seen = fences.get(job).copied().unwrap_or(0);
+        if epoch < seen {
+            return false;
+        }
+        if fences.len() >= MAX_FENCES && !fences.contains_key(job) {
+            fences.clear();
+        }
+        fences.insert(job.clone(), epoch);
+        true
+    }
+
+    pub fn busy(&self, role: &str) -> u32 {
+        let busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        busy.get(role).copied().unwrap_or(0)
+    }
+
+    fn mark(&self, role: &'static str, delta: i32) {
+        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = busy.entry(role).or_insert(0);
+        *count = count.saturating_add_signed(delta);
+    }
+}
+
+/// Encodes a reply; a reply that cannot be encoded becomes an encodable failure.
+fn encode_reply(reply: &StepReply) -> Vec<u8> {
+    wire::encode(reply).unwrap_or_else(|error| {
+        let failed = StepReply {
+            job_id: reply.job_id.clone(),
+            step: reply.step,
+            result: Err(StepFailure::transient(error.code(), error.to_string())),
+            deliveries: Vec::new(),
+        };
+        wire::encode(&failed).unwrap_or_default()
+    })
 }
 
 /// The result of one step, and whether the worker should fail afterwards.
@@ -86,36 +158,67 @@ impl<W> std::fmt::Debug for Worker<W> {
 
 impl<W: Work> Actor for Worker<W> {
     type Msg = WorkerMsg;
-    type State = Arc<W>;
-    type Arguments = Arc<W>;
+    type State = (Arc<W>, Arc<WorkerShared>);
+    type Arguments = (Arc<W>, Arc<WorkerShared>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<WorkerMsg>,
-        work: Arc<W>,
-    ) -> Result<Arc<W>, ActorProcessingErr> {
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
         ractor::pg::join(W::ROLE.to_owned(), vec![myself.get_cell()]);
-        Ok(work)
+        Ok(args)
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<WorkerMsg>,
         message: WorkerMsg,
-        work: &mut Arc<W>,
+        (work, shared): &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            WorkerMsg::Run(request, reply) => {
+            WorkerMsg::Run(bytes, reply) => {
+                let request: StepRequest = match wire::decode(&bytes) {
+                    Ok(request) => request,
+                    Err(error) => {
+                        shared.metrics.wire_error(error.code());
+                        tracing::warn!(%error, role = W::ROLE, "refused a step request that does not decode");
+                        // An empty answer does not decode either: the caller counts it as a
+                        // lost attempt and places the step again.
+                        let _ = reply.send(Vec::new());
+                        return Ok(());
+                    }
+                };
+                if !shared.admit(&request.job_id, request.epoch) {
+                    tracing::warn!(job_id = %request.job_id, epoch = request.epoch, "refused a step from a stale owner");
+                    let refused = StepReply {
+                        job_id: request.job_id,
+                        step: request.step,
+                        result: Err(StepFailure::permanent(
+                            crate::cluster::STALE_EPOCH,
+                            "a newer owner drives this job",
+                        )),
+                        deliveries: Vec::new(),
+                    };
+                    let _ = reply.send(encode_reply(&refused));
+                    return Ok(());
+                }
                 let span = tracing::info_span!("step", job_id = %request.job_id, step = %request.step, attempt = request.attempt);
-                let outcome = tracing::Instrument::instrument(work.run(*request), span).await;
+                shared.mark(W::ROLE, 1);
+                let outcome = tracing::Instrument::instrument(work.run(request), span).await;
+                shared.mark(W::ROLE, -1);
                 // The caller may have timed out and gone: nothing to do about a closed port.
-                let _ = reply.send(outcome.reply);
+                let _ = reply.send(encode_reply(&outcome.reply));
                 if let Some(reason) = outcome.dependency_down {
                     return Err(format!("{} dependency down: {reason}", W::ROLE).into());
                 }
             }
             WorkerMsg::Purge(job, reply) => {
-                let _ = reply.send(work.purge(job).await);
+                let result = match JobId::parse(&job) {
+                    Some(job) => work.purge(job).await,
+                    None => Err(format!("`{job}` is not a job id")),
+                };
+                let _ = reply.send(wire::encode(&result).unwrap_or_default());
             }
         }
         Ok(())

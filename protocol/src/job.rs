@@ -313,6 +313,9 @@ pub enum Event {
         step: Step,
         attempt: u32,
         at: u64,
+        /// The node whose worker runs this attempt.
+        #[serde(default)]
+        node: Option<String>,
     },
     StepSucceeded {
         step: Step,
@@ -362,6 +365,19 @@ pub enum Event {
         at: u64,
         why: String,
     },
+    /// The output of `step` is gone (the node that held it was lost): run it again.
+    Invalidated {
+        step: Step,
+        at: u64,
+    },
+    /// `node` drives the job from now on, with fencing token `epoch` (higher than any before):
+    /// written at acceptance (epoch 1), at a takeover after the owner was lost, and at a
+    /// hand-over (drain).
+    Owner {
+        node: String,
+        epoch: u64,
+        at: u64,
+    },
 }
 
 impl Event {
@@ -378,7 +394,9 @@ impl Event {
             | Event::Cancelled { at }
             | Event::Completed { at }
             | Event::RetryRequested { at }
-            | Event::Deleted { at, .. } => *at,
+            | Event::Deleted { at, .. }
+            | Event::Owner { at, .. }
+            | Event::Invalidated { at, .. } => *at,
         }
     }
 
@@ -397,6 +415,8 @@ impl Event {
             Event::Completed { .. } => "completed",
             Event::RetryRequested { .. } => "retry_requested",
             Event::Deleted { .. } => "deleted",
+            Event::Owner { .. } => "owner",
+            Event::Invalidated { .. } => "invalidated",
         }
     }
 }
@@ -429,6 +449,15 @@ pub struct JobState {
     pub deleted: bool,
     /// Number of events folded so far: the next event's sequence number.
     pub events: u64,
+    /// The node that drives the job (`None`: a single node without a cluster).
+    #[serde(default)]
+    pub owner_node: Option<String>,
+    /// The owner's fencing token: raised by every change of owner.
+    #[serde(default)]
+    pub epoch: u64,
+    /// Where each step's latest attempt ran.
+    #[serde(default)]
+    pub ran_on: BTreeMap<Step, String>,
 }
 
 impl JobState {
@@ -453,7 +482,23 @@ impl JobState {
             cancel_requested: false,
             deleted: false,
             events: 1,
+            owner_node: None,
+            epoch: 0,
+            ran_on: BTreeMap::new(),
         }
+    }
+
+    /// Folds a whole log; `None` unless it starts with `Accepted`.
+    pub fn replay(id: JobId, events: &[Event]) -> Option<JobState> {
+        let (first, rest) = events.split_first()?;
+        let Event::Accepted { spec, at } = first else {
+            return None;
+        };
+        let mut state = JobState::new(id, spec.clone(), *at);
+        for event in rest {
+            state.apply(event);
+        }
+        Some(state)
     }
 
     /// Folds one more event into the state. Events that make no sense in the current state
@@ -468,7 +513,15 @@ impl JobState {
         let terminal = self.stage.is_terminal();
         match event {
             Event::Accepted { .. } => {}
-            Event::StepStarted { step, attempt, at } if !terminal => {
+            Event::StepStarted {
+                step,
+                attempt,
+                at,
+                node,
+            } if !terminal => {
+                if let Some(node) = node {
+                    self.ran_on.insert(*step, node.clone());
+                }
                 self.stage = step.stage();
                 self.attempts.insert(*step, *attempt);
                 self.step_started_at = Some(*at);
@@ -536,6 +589,15 @@ impl JobState {
             Event::Deleted { at, .. } => {
                 self.deleted = true;
                 self.finished_at.get_or_insert(*at);
+            }
+            Event::Invalidated { step, .. } if !terminal => {
+                self.outputs.remove(step);
+                self.timings.remove(step);
+                self.ran_on.remove(step);
+            }
+            Event::Owner { node, epoch, .. } if *epoch >= self.epoch => {
+                self.owner_node = Some(node.clone());
+                self.epoch = *epoch;
             }
             _ => {}
         }

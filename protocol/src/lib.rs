@@ -8,10 +8,12 @@
 //!   them.
 //! - [`time`]: epoch milliseconds and RFC 3339 text, without a calendar dependency.
 //! - [`wire`]: the versioned messages a JobManager and its workers exchange.
+//! - [`cluster`]: what nodes tell each other (heartbeats, job-log replication, lookups).
 //!
 //! This is the only crate whose types cross the wire between nodes; keep them versioned
 //! (see [`transcript::TRANSCRIPT_VERSION`] and [`wire::WIRE_VERSION`]).
 
+pub mod cluster;
 pub mod job;
 pub mod render;
 pub mod time;

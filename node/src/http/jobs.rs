@@ -474,13 +474,13 @@ pub async fn create(
 
 /// The job of the call's `{id}`, if the caller may see it; 404 otherwise (unknown, malformed,
 /// deleted and other users' jobs look the same).
-fn visible_job(app: &App, call: &Call) -> Result<JobState, Problem> {
+async fn visible_job(app: &App, call: &Call) -> Result<JobState, Problem> {
     let id = call
         .id
         .as_deref()
         .and_then(JobId::parse)
         .ok_or_else(Problem::job_not_found)?;
-    match app.node.job(&id) {
+    match app.node.job(&id).await {
         Ok(Some(job)) if call.principal.can_see(&job) => Ok(job),
         Ok(_) => Err(Problem::job_not_found()),
         Err(error) => Err(store_problem(error)),
@@ -546,14 +546,14 @@ pub async fn list(app: &App, call: &Call, query: Option<&str>) -> Result<Respons
 
 /// `GET /v1/jobs/{id}`.
 pub async fn get(app: &App, call: &Call) -> Result<Response, Problem> {
-    let job = visible_job(app, call)?;
+    let job = visible_job(app, call).await?;
     Ok(view_response(app, StatusCode::OK, &job))
 }
 
 /// `DELETE /v1/jobs/{id}`: a running job is cancelled (202, its view); a finished one is
 /// deleted with its files (204).
 pub async fn delete(app: &App, call: &Call) -> Result<Response, Problem> {
-    let job = visible_job(app, call)?;
+    let job = visible_job(app, call).await?;
     let state = app.node.delete(&job.id).await.map_err(job_problem)?;
     if state.deleted {
         tracing::info!(job_id = %job.id, "job deleted");
@@ -565,14 +565,14 @@ pub async fn delete(app: &App, call: &Call) -> Result<Response, Problem> {
 
 /// `POST /v1/jobs/{id}/cancel`: 202 with the view; 409 for a finished job.
 pub async fn cancel(app: &App, call: &Call) -> Result<Response, Problem> {
-    let job = visible_job(app, call)?;
+    let job = visible_job(app, call).await?;
     let state = app.node.cancel(&job.id).await.map_err(job_problem)?;
     Ok(view_response(app, StatusCode::ACCEPTED, &state))
 }
 
 /// `POST /v1/jobs/{id}/retry`: 202 with the view; 409 unless failed or cancelled.
 pub async fn retry(app: &App, call: &Call) -> Result<Response, Problem> {
-    let job = visible_job(app, call)?;
+    let job = visible_job(app, call).await?;
     if !matches!(job.stage, Stage::Failed | Stage::Cancelled) {
         return Err(Problem::conflict(
             "job.conflict",
@@ -590,9 +590,9 @@ pub async fn retry(app: &App, call: &Call) -> Result<Response, Problem> {
 /// `GET /v1/jobs/{id}/history`: the job's saga timeline, every durable event in order (the
 /// same log the job's state is folded from): steps and attempts with their reasons, and each
 /// notification channel's delivery.
-pub fn history(app: &App, call: &Call) -> Result<Response, Problem> {
-    let job = visible_job(app, call)?;
-    let events = app.node.events(&job.id).map_err(|error| {
+pub async fn history(app: &App, call: &Call) -> Result<Response, Problem> {
+    let job = visible_job(app, call).await?;
+    let events = app.node.events(&job.id).await.map_err(|error| {
         tracing::error!(%error, "job log read failed");
         Problem::internal()
     })?;
@@ -619,7 +619,7 @@ pub fn history(app: &App, call: &Call) -> Result<Response, Problem> {
 pub async fn transcript(app: &App, call: &Call, query: Option<&str>) -> Result<Response, Problem> {
     let params = super::query::parse(query)?;
     super::query::only(&params, &["format"])?;
-    let job = visible_job(app, call)?;
+    let job = visible_job(app, call).await?;
     let format = match params.iter().rev().find(|(name, _)| name == "format") {
         Some((_, name)) => validate::format("format", name)?,
         None => Format::Json,
@@ -657,7 +657,7 @@ pub async fn events(app: &App, call: &Call) -> Result<Response, Problem> {
         .ok_or_else(Problem::job_not_found)?;
     // Subscribe first: a change between reading the state and subscribing would be lost.
     let updates = app.node.subscribe(&id);
-    let first = visible_job(app, call)?;
+    let first = visible_job(app, call).await?;
     let (tx, body) = sse::channel(32);
     let follow = sse::Follow {
         node: app.node.clone(),

@@ -241,7 +241,7 @@ async fn wait_terminal(
                 if matches!(error, broadcast::error::RecvError::Closed) {
                     updates = node.subscribe(&current.id);
                 }
-                current = match node.job(&current.id) {
+                current = match node.local_job(&current.id) {
                     Ok(Some(job)) => job,
                     Ok(None) => {
                         return Err(Problem::conflict(

@@ -253,7 +253,7 @@ async fn quick(app: &App, call: &Call, request: Request<ReqBody>) -> Result<Resp
         Route::RetryJob => jobs::retry(app, call).await,
         Route::Transcript => jobs::transcript(app, call, request.uri().query()).await,
         Route::Events => jobs::events(app, call).await,
-        Route::History => jobs::history(app, call),
+        Route::History => jobs::history(app, call).await,
         Route::CreateJob | Route::AudioTranscriptions | Route::AudioTranslations => {
             Err(Problem::internal())
         }

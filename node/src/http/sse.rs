@@ -141,7 +141,7 @@ pub async fn follow(mut follow: Follow, tx: mpsc::Sender<Bytes>) {
                 }
                 // Lagged behind, or the hub dropped the channel: read the state again.
                 Err(error) => {
-                    let Ok(Some(job)) = follow.node.job(&id) else {
+                    let Ok(Some(job)) = follow.node.job(&id).await else {
                         return;
                     };
                     stage = job.stage;

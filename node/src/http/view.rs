@@ -132,6 +132,12 @@ pub fn job_view(job: &JobState, step_progress: Option<f32>, base_url: &str) -> V
         "engine_ms": engine_ms,
         "elapsed_ms": elapsed_ms,
         "links": links(job, base_url),
+        // In a cluster: the node that drives the job, its fencing epoch, where each step ran.
+        "placement": job.owner_node.as_ref().map(|node| json!({
+            "owner_node": node,
+            "epoch": job.epoch,
+            "ran_on": job.ran_on.iter().map(|(step, node)| (step.as_str().to_owned(), json!(node))).collect::<serde_json::Map<_, _>>(),
+        })),
     })
 }
 
