@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use ytcaption_protocol::job::{job_prefix, transcript_key};
 use ytcaption_protocol::wire::{StepFailure, StepReply, StepRequest};
-use ytcaption_protocol::{Format, JobId, Reason, Step, StepOutput, Transcript};
+use ytcaption_protocol::{Format, JobId, Step, StepOutput, Transcript};
 
 use crate::storage::{Storage, StorageError};
 use crate::worker::{Outcome, Work};
@@ -25,10 +25,7 @@ pub struct StoreWork {
 }
 
 fn failure(error: &StorageError) -> StepFailure {
-    StepFailure {
-        reason: Reason::new(error.code(), error.to_string()),
-        retryable: error.retryable(),
-    }
+    error.step_failure()
 }
 
 impl StoreWork {

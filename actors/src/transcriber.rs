@@ -22,7 +22,7 @@ use crate::engine::model::find_runtime_library;
 use crate::engine::{resolve_model, Engine, EngineError, Progress, Stats, TranscribeOptions};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 use crate::worker::{Outcome, Work};
 
 /// The process group of Transcriber workers.
@@ -143,8 +143,9 @@ fn engine_failure(error: &EngineError, media: &Path) -> StepFailure {
 }
 
 impl TranscribeWork {
-    /// The media as a local file: in place for local storage, else fetched into the spool.
-    /// The second value is a temp copy to remove afterwards.
+    /// The media as a local file: in place for local storage (fetched from a peer first when
+    /// another node stored it), else fetched into the spool. The second value is a temp copy
+    /// to remove afterwards.
     async fn local_media(
         &self,
         request: &StepRequest,
@@ -155,6 +156,14 @@ impl TranscribeWork {
                 "transcribe ran before download",
             ));
         };
+        let present = self
+            .storage
+            .ensure_local(media_key)
+            .await
+            .map_err(|error| error.step_failure())?;
+        if !present {
+            return Err(StorageError::NotFound(media_key.to_string()).step_failure());
+        }
         if let Some(path) = self.storage.local_path(media_key) {
             return Ok((path, None));
         }
@@ -162,10 +171,7 @@ impl TranscribeWork {
         self.storage
             .get_to_file(media_key, &dest)
             .await
-            .map_err(|error| StepFailure {
-                reason: ytcaption_protocol::Reason::new(error.code(), error.to_string()),
-                retryable: error.retryable(),
-            })?;
+            .map_err(|error| error.step_failure())?;
         Ok((dest.clone(), Some(dest)))
     }
 
@@ -181,10 +187,7 @@ impl TranscribeWork {
         self.storage
             .put_bytes(&key, body, Format::Json.content_type())
             .await
-            .map_err(|error| StepFailure {
-                reason: ytcaption_protocol::Reason::new(error.code(), error.to_string()),
-                retryable: error.retryable(),
-            })?;
+            .map_err(|error| error.step_failure())?;
         if transcript.duration > 0.0 {
             self.metrics
                 .realtime_factor

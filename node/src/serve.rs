@@ -14,6 +14,7 @@ use ytcaption_actors::node::Node;
 use ytcaption_config::{Config, LogFormat};
 
 use crate::http::auth::{Authenticator, RateLimiter};
+use crate::http::internal::ClusterSecret;
 use crate::http::server::{self, ServerParams};
 use crate::http::service::{ApiParams, App};
 
@@ -155,6 +156,7 @@ async fn serve(mut config: Config, grace: Duration) -> ExitCode {
     let params = ApiParams::from_config(&config);
     let base_url = config.public_url();
     let node_name = config.node_name.clone();
+    let cluster_secret = ClusterSecret::from_config(&config);
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(error) => {
@@ -173,6 +175,7 @@ async fn serve(mut config: Config, grace: Duration) -> ExitCode {
         base_url: base_url.clone(),
         models_dir,
         shutdown: stopped.clone(),
+        cluster_secret,
     });
     tracing::info!(node = %node_name, listen = %bound, url = %base_url, "serving");
     let cut = server::run(listener, app, server_params, stopped).await;

@@ -38,11 +38,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::fs::{DirEntryExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
+use super::peers::BlobPeers;
 use super::{temp_sibling, unique_name, validate_key, BlobInfo, StorageError};
 
 /// Temp files and orphan blobs younger than this are left alone by the start-up sweep: they may
@@ -61,6 +62,9 @@ const PUBLISH_ATTEMPTS: usize = 5;
 #[derive(Clone, Debug)]
 pub struct LocalStore {
     dirs: Arc<Dirs>,
+    /// Where missing blobs are fetched from in a cluster; shared by every clone, so peers
+    /// attached after the store was handed out reach all its users.
+    peers: Arc<OnceLock<Arc<BlobPeers>>>,
 }
 
 #[derive(Debug)]
@@ -86,6 +90,7 @@ impl LocalStore {
         }
         let store = LocalStore {
             dirs: Arc::new(dirs),
+            peers: Arc::new(OnceLock::new()),
         };
         store.sweep();
         Ok(store)
@@ -93,6 +98,46 @@ impl LocalStore {
 
     pub fn root(&self) -> &Path {
         &self.dirs.root
+    }
+
+    /// Attaches the peers missing blobs are fetched from; `false` when some were attached
+    /// already (the first stay).
+    pub(crate) fn attach_peers(&self, peers: Arc<BlobPeers>) -> bool {
+        self.peers.set(peers).is_ok()
+    }
+
+    /// Fetches `key` from the attached peers; `Ok(false)` when none are attached or none has it.
+    /// Does not look at the local copy first: callers ask after a local miss.
+    pub(crate) async fn fetch_from_peers(&self, key: &str) -> Result<bool, StorageError> {
+        match self.peers.get() {
+            Some(peers) => peers.fetch(key, self).await,
+            None => Ok(false),
+        }
+    }
+
+    /// A fresh path in `tmp/` for content written from outside (a peer transfer), removed when
+    /// the returned guard drops unless [`LocalStore::commit_temp`] took it.
+    pub(crate) fn temp_file(&self, prefix: &str) -> TempFile {
+        TempFile(self.dirs.tmp.join(unique_name(prefix)))
+    }
+
+    /// Publishes a complete file in `tmp/` (from [`LocalStore::temp_file`]) under `key`: fsynced,
+    /// made read-only, then committed like any put. `sha256` and `size` must describe the
+    /// file's content; the caller computed them while writing it.
+    pub(crate) fn commit_temp(
+        &self,
+        key: &str,
+        file: TempFile,
+        sha256: String,
+        size: u64,
+    ) -> Result<BlobInfo, StorageError> {
+        let context = || format!("publishing {}", file.0.display());
+        File::open(&file.0)
+            .and_then(|handle| handle.sync_all())
+            .map_err(|e| StorageError::io(context(), e))?;
+        fs::set_permissions(&file.0, fs::Permissions::from_mode(0o444))
+            .map_err(|e| StorageError::io(context(), e))?;
+        self.commit(key, TempBlob { file, sha256, size })
     }
 
     pub(crate) fn put_file(&self, key: &str, src: &Path) -> Result<BlobInfo, StorageError> {
@@ -575,9 +620,14 @@ impl Write for HashingWriter {
 }
 
 /// A path removed on drop unless disarmed: temp files never outlive a failed operation.
-struct TempFile(PathBuf);
+#[derive(Debug)]
+pub(crate) struct TempFile(PathBuf);
 
 impl TempFile {
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+
     fn disarm(self) {
         std::mem::forget(self);
     }

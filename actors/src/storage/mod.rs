@@ -10,6 +10,12 @@
 //! The enum [`Storage`] dispatches to the backend; callers never see which one they hold except
 //! through [`Storage::local_path`] (an optimisation) and [`Storage::describe`] (for logs).
 //!
+//! # Clusters
+//! With local storage every node has its own store. Once the cluster is up it attaches
+//! [`peers::BlobPeers`] ([`Storage::attach_peers`]); from then on a read of a blob missing here
+//! (`get_bytes`, `get_to_file`, `exists`, [`Storage::ensure_local`]) first fetches it from the
+//! peers into the local store. S3 needs none of it: every node reads the same bucket.
+//!
 //! # Keys
 //! A key is one or more segments of `[A-Za-z0-9._-]` joined by `/`: no empty, `.` or `..`
 //! segment, no leading or trailing `/`, at most [`MAX_KEY_LEN`] bytes. The same rule holds for
@@ -22,6 +28,7 @@
 //! key or a missing blob.
 
 mod local;
+pub mod peers;
 mod s3;
 
 pub use local::LocalStore;
@@ -29,6 +36,7 @@ pub use s3::S3Store;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Longest accepted key, in bytes.
@@ -118,6 +126,14 @@ impl StorageError {
             self,
             StorageError::Io { .. } | StorageError::Unavailable(_) | StorageError::Timeout(_)
         )
+    }
+
+    /// The saga step failure this error becomes: its code, message and retry hint.
+    pub(crate) fn step_failure(&self) -> ytcaption_protocol::wire::StepFailure {
+        ytcaption_protocol::wire::StepFailure {
+            reason: ytcaption_protocol::Reason::new(self.code(), self.to_string()),
+            retryable: self.retryable(),
+        }
     }
 
     /// An [`StorageError::Io`] with what was being done.
@@ -248,8 +264,10 @@ impl Storage {
         validate_key(key)?;
         match self {
             Storage::Local(store) => {
-                let (store, key) = (store.clone(), key.to_owned());
-                blocking(move || store.get_bytes(&key, max_bytes)).await
+                local_or_peers(store, key, move |store, key| {
+                    store.get_bytes(key, max_bytes)
+                })
+                .await
             }
             Storage::S3(store) => store.get_bytes(key, max_bytes).await,
         }
@@ -261,10 +279,37 @@ impl Storage {
         validate_key(key)?;
         match self {
             Storage::Local(store) => {
-                let (store, key, dest) = (store.clone(), key.to_owned(), dest.to_owned());
-                blocking(move || store.get_to_file(&key, &dest)).await
+                let dest = dest.to_owned();
+                local_or_peers(store, key, move |store, key| store.get_to_file(key, &dest)).await
             }
             Storage::S3(store) => store.get_to_file(key, dest).await,
+        }
+    }
+
+    /// Attaches the peers a local store fetches missing blobs from (see the module doc). Takes
+    /// effect in every clone of this value, those made before included. `false` when peers
+    /// were attached already (the first stay) or the backend is S3 (nothing to fetch).
+    pub fn attach_peers(&self, peers: Arc<peers::BlobPeers>) -> bool {
+        match self {
+            Storage::Local(store) => store.attach_peers(peers),
+            Storage::S3(_) => false,
+        }
+    }
+
+    /// Makes sure the blob is in the local store, fetching it from attached peers when it is
+    /// missing, so [`Storage::local_path`] can find it. `Ok(false)`: no copy here or on any
+    /// peer. Always `Ok(true)` for S3 (nothing is local; read it through the other methods).
+    pub async fn ensure_local(&self, key: &str) -> Result<bool, StorageError> {
+        validate_key(key)?;
+        match self {
+            Storage::Local(store) => {
+                let (local, key_owned) = (store.clone(), key.to_owned());
+                if blocking(move || local.exists(&key_owned)).await? {
+                    return Ok(true);
+                }
+                store.fetch_from_peers(key).await
+            }
+            Storage::S3(_) => Ok(true),
         }
     }
 
@@ -278,14 +323,15 @@ impl Storage {
         }
     }
 
+    /// Whether a blob is stored under `key`; with local storage and attached peers, a blob
+    /// missing here is fetched from them first (see [`Storage::ensure_local`]).
     pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        validate_key(key)?;
         match self {
-            Storage::Local(store) => {
-                let (store, key) = (store.clone(), key.to_owned());
-                blocking(move || store.exists(&key)).await
+            Storage::Local(_) => self.ensure_local(key).await,
+            Storage::S3(store) => {
+                validate_key(key)?;
+                store.exists(key).await
             }
-            Storage::S3(store) => store.exists(key).await,
         }
     }
 
@@ -348,6 +394,23 @@ impl Storage {
             Storage::Local(store) => format!("local:{}", store.root().display()),
             Storage::S3(store) => format!("s3:{}", store.location()),
         }
+    }
+}
+
+/// Runs a read of the local store; when the blob is missing and the peers have it, fetches it
+/// and runs the read again.
+async fn local_or_peers<T, F>(store: &LocalStore, key: &str, read: F) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    F: Fn(&LocalStore, &str) -> Result<T, StorageError> + Clone + Send + 'static,
+{
+    let attempt = || {
+        let (store, key, read) = (store.clone(), key.to_owned(), read.clone());
+        blocking(move || read(&store, &key))
+    };
+    match attempt().await {
+        Err(StorageError::NotFound(_)) if store.fetch_from_peers(key).await? => attempt().await,
+        outcome => outcome,
     }
 }
 

@@ -5,7 +5,7 @@
 //! - [`service`]: one request: route lookup, auth, rate limit, dispatch, panic catching,
 //!   metrics and the access log.
 //! - [`routes`]: the route table (also checked against `openapi.json` by a test).
-//! - [`jobs`], [`openai`], [`sse`]: the handlers.
+//! - [`jobs`], [`openai`], [`sse`]: the handlers; [`internal`]: node-to-node blob transfer.
 //! - [`view`]: the one JSON view of a job.
 //! - [`auth`]: API keys, roles and the per-key token bucket.
 //! - [`multipart`]: streaming uploads into the spool with size limits.
@@ -15,6 +15,7 @@
 //! - [`problem`]: errors as RFC 7807 documents (or OpenAI error bodies).
 
 pub mod auth;
+pub mod internal;
 pub mod jobs;
 pub mod languages;
 pub mod multipart;

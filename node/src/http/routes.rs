@@ -1,5 +1,7 @@
 //! The route table: every (method, path pattern) the API serves. `{id}` segments capture a job
-//! id. The table is data, so a test can hold it against `openapi.json` both ways.
+//! id; a final `{key...}` captures the rest of the path, slashes included (a storage key). The
+//! table is data, so a test can hold it against `openapi.json` both ways, bar the `/internal/`
+//! routes (node to node, not part of the public API).
 
 use http::Method;
 
@@ -22,6 +24,8 @@ pub enum Route {
     AudioTranscriptions,
     AudioTranslations,
     AdminStatus,
+    /// Node to node: a blob of the local store, for a peer that lacks it.
+    InternalBlob,
 }
 
 /// `(method, pattern, route)`, one line per endpoint.
@@ -46,6 +50,7 @@ pub const TABLE: &[(&str, &str, Route)] = &[
     ),
     ("POST", "/v1/audio/translations", Route::AudioTranslations),
     ("GET", "/v1/admin/status", Route::AdminStatus),
+    ("GET", "/internal/v1/blobs/{key...}", Route::InternalBlob),
 ];
 
 impl Route {
@@ -69,6 +74,7 @@ impl Route {
             Route::AudioTranscriptions => "POST /v1/audio/transcriptions",
             Route::AudioTranslations => "POST /v1/audio/translations",
             Route::AdminStatus => "GET /v1/admin/status",
+            Route::InternalBlob => "GET /internal/v1/blobs/{key...}",
         }
     }
 
@@ -76,7 +82,7 @@ impl Route {
     pub fn is_api(self) -> bool {
         !matches!(
             self,
-            Route::Healthz | Route::Readyz | Route::Metrics | Route::OpenApi
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::OpenApi | Route::InternalBlob
         )
     }
 
@@ -91,7 +97,7 @@ impl Route {
 pub enum Lookup {
     Found {
         route: Route,
-        /// The `{id}` segment, raw (not yet validated).
+        /// The `{id}` segment or the `{key...}` rest, raw (not yet validated).
         id: Option<String>,
     },
     /// The path exists for other methods (listed, for `Allow`).
@@ -99,7 +105,7 @@ pub enum Lookup {
     NotFound,
 }
 
-/// Matches `path` against `pattern`; `Some(captured id)` on a match.
+/// Matches `path` against `pattern`; `Some(captured id or key)` on a match.
 fn matches(pattern: &str, path: &str) -> Option<Option<String>> {
     let mut pattern_parts = pattern.split('/');
     let mut path_parts = path.split('/');
@@ -109,6 +115,11 @@ fn matches(pattern: &str, path: &str) -> Option<Option<String>> {
             (None, None) => return Some(id),
             (Some("{id}"), Some(segment)) if !segment.is_empty() => {
                 id = Some(segment.to_owned());
+            }
+            // The rest of the path, whatever it holds: the handler validates it.
+            (Some("{key...}"), Some(segment)) if !segment.is_empty() => {
+                let rest: Vec<&str> = std::iter::once(segment).chain(path_parts).collect();
+                return Some(Some(rest.join("/")));
             }
             (Some(expected), Some(segment)) if expected == segment => {}
             _ => return None,
@@ -171,6 +182,54 @@ mod tests {
                 id: None
             }
         );
+    }
+
+    #[test]
+    fn internal_blob_paths_capture_the_whole_key() {
+        assert_eq!(
+            lookup(&Method::GET, "/internal/v1/blobs/jobs/0123abcd/media"),
+            Lookup::Found {
+                route: Route::InternalBlob,
+                id: Some("jobs/0123abcd/media".into())
+            }
+        );
+        assert_eq!(
+            lookup(&Method::GET, "/internal/v1/blobs/a"),
+            Lookup::Found {
+                route: Route::InternalBlob,
+                id: Some("a".into())
+            }
+        );
+        // Odd keys are captured as they are; the handler refuses them.
+        assert_eq!(
+            lookup(&Method::GET, "/internal/v1/blobs/jobs//x/"),
+            Lookup::Found {
+                route: Route::InternalBlob,
+                id: Some("jobs//x/".into())
+            }
+        );
+        assert_eq!(
+            lookup(&Method::GET, "/internal/v1/blobs/"),
+            Lookup::NotFound
+        );
+        assert_eq!(lookup(&Method::GET, "/internal/v1/blobs"), Lookup::NotFound);
+        assert_eq!(
+            lookup(&Method::PUT, "/internal/v1/blobs/k"),
+            Lookup::MethodNotAllowed("GET".into())
+        );
+        assert!(!Route::InternalBlob.is_api());
+        // The path peers request is the one routed here.
+        let client_path = format!(
+            "{}jobs/x/media",
+            ytcaption_actors::storage::peers::BLOB_PATH
+        );
+        assert!(matches!(
+            lookup(&Method::GET, &client_path),
+            Lookup::Found {
+                route: Route::InternalBlob,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -249,7 +308,11 @@ mod tests {
                 documented.push((method, path.clone()));
             }
         }
-        for (method, pattern, _) in TABLE {
+        // Node-to-node routes are not the public API's: the document leaves them out.
+        for (method, pattern, _) in TABLE
+            .iter()
+            .filter(|(_, pattern, _)| !pattern.starts_with("/internal/"))
+        {
             assert!(
                 documented.iter().any(|(m, p)| m == method && p == pattern),
                 "{method} {pattern} is routed but not documented"

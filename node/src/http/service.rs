@@ -1,6 +1,7 @@
-//! One request, start to end: route lookup, authentication and rate limit for `/v1`, the
-//! handler (with a timeout, and a panic turned into a 500 instead of a dead connection task),
-//! then metrics and the access log.
+//! One request, start to end: route lookup, authentication and rate limit for `/v1` (the
+//! `/internal/` routes check the cluster signature themselves instead), the handler (with a
+//! timeout, and a panic turned into a 500 instead of a dead connection task), then metrics and
+//! the access log.
 
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
@@ -18,10 +19,11 @@ use ytcaption_actors::node::Node;
 use ytcaption_config::Config;
 
 use super::auth::{Authenticator, Principal, RateLimiter};
+use super::internal::ClusterSecret;
 use super::multipart::FormLimits;
 use super::problem::{Flavor, Problem};
 use super::routes::{lookup, Lookup, Route};
-use super::{full, jobs, openai, Response};
+use super::{full, internal, jobs, openai, Response};
 
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -86,6 +88,9 @@ pub struct App {
     pub models_dir: PathBuf,
     /// Flips to true at shutdown (ends event streams).
     pub shutdown: watch::Receiver<bool>,
+    /// The cluster cookie signing node-to-node requests; `None` without a cluster (the
+    /// `/internal/` routes then answer 404).
+    pub cluster_secret: Option<ClusterSecret>,
 }
 
 /// What a handler gets besides the request.
@@ -254,6 +259,8 @@ async fn quick(app: &App, call: &Call, request: Request<ReqBody>) -> Result<Resp
         Route::Transcript => jobs::transcript(app, call, request.uri().query()).await,
         Route::Events => jobs::events(app, call).await,
         Route::History => jobs::history(app, call).await,
+        // Answers once the head is ready; the body streams after, outside this deadline.
+        Route::InternalBlob => internal::blob(app, call, request.headers()).await,
         Route::CreateJob | Route::AudioTranscriptions | Route::AudioTranslations => {
             Err(Problem::internal())
         }
