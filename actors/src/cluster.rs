@@ -32,8 +32,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{
-    NodeEventSubscription, NodeServer, NodeServerMessage, NodeSessionMessage,
-    RactorClusterMessage,
+    NodeEventSubscription, NodeServer, NodeServerMessage, NodeSessionMessage, RactorClusterMessage,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -47,6 +46,8 @@ use ytcaption_protocol::{wire, Event, JobId, JobState};
 use crate::job_manager::{current_job_manager, JobError, JobManagerMsg};
 use crate::metrics::Metrics;
 use crate::saga::now_ms;
+use crate::storage::peers::{PeerDirectory, PeerEndpoint};
+use crate::storage::Storage;
 use crate::store::{Replicator, Store, StoreError};
 use crate::worker::WorkerShared;
 
@@ -159,6 +160,7 @@ pub struct Cluster {
     view: Mutex<View>,
     draining: AtomicBool,
     store: Store,
+    storage: Storage,
     metrics: Arc<Metrics>,
     workers: Arc<WorkerShared>,
     /// Fired when a member goes down or comes back (takeover, placement).
@@ -229,6 +231,7 @@ impl Cluster {
     pub async fn start(
         params: ClusterParams,
         store: Store,
+        storage: Storage,
         metrics: Arc<Metrics>,
         workers: Arc<WorkerShared>,
         shutdown: watch::Receiver<bool>,
@@ -264,6 +267,7 @@ impl Cluster {
             view: Mutex::default(),
             draining: AtomicBool::new(false),
             store: store.clone(),
+            storage,
             metrics,
             workers,
             changed: Notify::new(),
@@ -514,9 +518,11 @@ impl Cluster {
                 let name_short = short_name(&full).to_owned();
                 let connection_string = name.connection_string.clone();
                 tracing::info!(peer = %name_short, addr = %session.peer_addr, "cluster session ready");
-                for dial in view.dials.iter_mut().filter(|(addr, _)| {
-                    **addr == session.peer_addr || **addr == connection_string
-                }) {
+                for dial in view
+                    .dials
+                    .iter_mut()
+                    .filter(|(addr, _)| **addr == session.peer_addr || **addr == connection_string)
+                {
                     dial.1.failures = 0;
                     dial.1.busy_until_ms = 0;
                 }
@@ -557,7 +563,11 @@ impl Cluster {
                     return;
                 };
                 // Another session to the same node may still be open (simultaneous dials).
-                if view.sessions.values().any(|other| other.name == closed.name) {
+                if view
+                    .sessions
+                    .values()
+                    .any(|other| other.name == closed.name)
+                {
                     return;
                 }
                 tracing::warn!(peer = %closed.name, "cluster session closed");
@@ -689,7 +699,8 @@ impl Cluster {
                     view.heard_of.insert(name.clone(), addr.clone());
                 }
             }
-            view.heard_of.insert(info.name.clone(), info.cluster_addr.clone());
+            view.heard_of
+                .insert(info.name.clone(), info.cluster_addr.clone());
             let connected = view.sessions.values().any(|s| s.name == info.name);
             let Some(member) = view.members.get_mut(&info.name) else {
                 return;
@@ -1039,9 +1050,10 @@ impl Cluster {
     /// Draining: hands every unfinished job this node owns to its successor.
     async fn hand_over_all(self: &Arc<Self>) {
         let me = self.name().to_owned();
-        let jobs = match self.store.all_states(|job| {
-            !job.is_terminal() && job.owner_node.as_deref() == Some(me.as_str())
-        }) {
+        let jobs = match self
+            .store
+            .all_states(|job| !job.is_terminal() && job.owner_node.as_deref() == Some(me.as_str()))
+        {
             Ok(jobs) => jobs,
             Err(error) => {
                 tracing::warn!(%error, "drain: cannot read the job log");
@@ -1100,11 +1112,21 @@ impl Cluster {
                 match self.store.adopt(copy).await {
                     Ok(answer) => {
                         if answer == ReplicateAnswer::Stored {
+                            // An upload exists nowhere else: hold a copy before saying so.
+                            if let Err(error) = self.copy_blobs(&id, true).await {
+                                return PeerAnswer::Replicated(ReplicateAnswer::Failed(error));
+                            }
                             self.start_if_mine(&id);
+                            let cluster = self.clone();
+                            tokio::spawn(async move {
+                                let _ = cluster.copy_blobs(&id, false).await;
+                            });
                         }
                         PeerAnswer::Replicated(answer)
                     }
-                    Err(error) => PeerAnswer::Replicated(ReplicateAnswer::Failed(error.to_string())),
+                    Err(error) => {
+                        PeerAnswer::Replicated(ReplicateAnswer::Failed(error.to_string()))
+                    }
                 }
             }
             PeerRequest::Lookup(id) => {
@@ -1123,6 +1145,39 @@ impl Cluster {
                 PeerAnswer::Draining(on)
             }
         }
+    }
+
+    /// With local storage, keeps this node's own copy of a job's blobs: the upload
+    /// (`uploads_only`), or the transcripts once stored. S3 needs nothing (shared bucket).
+    async fn copy_blobs(&self, id: &JobId, uploads_only: bool) -> Result<(), String> {
+        if !matches!(self.storage, Storage::Local(..)) {
+            return Ok(());
+        }
+        let Ok(Some(state)) = self.store.get(id) else {
+            return Ok(());
+        };
+        if state.deleted || state.stage == ytcaption_protocol::Stage::Cancelled {
+            return Ok(());
+        }
+        let keys: Vec<String> = if uploads_only {
+            match &state.spec.source {
+                ytcaption_protocol::Source::Upload { key, .. } => vec![key.clone()],
+                ytcaption_protocol::Source::Url { .. } => Vec::new(),
+            }
+        } else {
+            state
+                .stored_formats()
+                .map(|formats| formats.values().cloned().collect())
+                .unwrap_or_default()
+        };
+        for key in keys {
+            match self.storage.ensure_local(&key).await {
+                Ok(true) => {}
+                Ok(false) => return Err(format!("no live node holds {key}")),
+                Err(error) => return Err(format!("copying {key}: {error}")),
+            }
+        }
+        Ok(())
     }
 
     /// A copy handed to this node names it as owner: drive it.
@@ -1171,7 +1226,18 @@ async fn forward_local(id: &JobId, op: JobOp) -> Result<Box<JobState>, OpError> 
         Ok(ractor::rpc::CallResult::Success(Err(JobError::Store(message)))) => {
             Err(OpError::Unavailable(message))
         }
-        _ => Err(OpError::Unavailable("the job manager did not answer".into())),
+        _ => Err(OpError::Unavailable(
+            "the job manager did not answer".into(),
+        )),
+    }
+}
+
+impl PeerDirectory for Cluster {
+    fn blob_peers(&self) -> Vec<PeerEndpoint> {
+        self.peer_http(None)
+            .into_iter()
+            .map(|(node, http_url)| PeerEndpoint { node, http_url })
+            .collect()
     }
 }
 
@@ -1298,7 +1364,10 @@ mod tests {
         }
         for node in nodes {
             let share = firsts.get(node).copied().unwrap_or(0);
-            assert!((60..=140).contains(&share), "{node} ranks first for {share} of 300 jobs");
+            assert!(
+                (60..=140).contains(&share),
+                "{node} ranks first for {share} of 300 jobs"
+            );
         }
     }
 

@@ -166,9 +166,11 @@ impl Node {
         let counts = worker_counts(&config);
         let cluster = match cluster_params(&config, &counts)? {
             Some(params) => {
+                let cookie = params.cookie.clone();
                 let cluster = Cluster::start(
                     params,
                     store.clone(),
+                    storage.clone(),
                     metrics.clone(),
                     worker_shared.clone(),
                     shutdown_rx.clone(),
@@ -176,6 +178,13 @@ impl Node {
                 .await
                 .map_err(|error| StartError::Actors(error.to_string()))?;
                 placement.set_cluster(cluster.clone());
+                // Local storage: a blob another node wrote is fetched from it when missing here.
+                storage.attach_peers(Arc::new(crate::storage::peers::BlobPeers::new(
+                    cookie,
+                    cluster.clone(),
+                    Duration::from_secs(600),
+                    config.downloader.max_bytes.0,
+                )));
                 Some(cluster)
             }
             None => None,
@@ -268,7 +277,12 @@ impl Node {
             spawn: manager_spawn,
         }];
         children.extend(workers("downloader", counts[0], download, &worker_shared));
-        children.extend(workers("transcriber", counts[1], transcribe, &worker_shared));
+        children.extend(workers(
+            "transcriber",
+            counts[1],
+            transcribe,
+            &worker_shared,
+        ));
         children.extend(workers("storage", counts[2], store_work, &worker_shared));
         children.extend(workers("notifier", counts[3], notify, &worker_shared));
 
@@ -683,7 +697,10 @@ fn worker_counts(config: &Config) -> [usize; 4] {
     ]
 }
 
-fn cluster_params(config: &Config, counts: &[usize; 4]) -> Result<Option<ClusterParams>, StartError> {
+fn cluster_params(
+    config: &Config,
+    counts: &[usize; 4],
+) -> Result<Option<ClusterParams>, StartError> {
     let c = &config.cluster;
     let Some(listen) = c.listen else {
         return Ok(None);

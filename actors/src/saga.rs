@@ -244,7 +244,9 @@ pub struct SagaContext {
 impl SagaContext {
     /// True when this node drives `job` (a job without an owner predates the cluster).
     pub fn owns(&self, job: &JobState) -> bool {
-        job.owner_node.as_deref().is_none_or(|owner| owner == self.node)
+        job.owner_node
+            .as_deref()
+            .is_none_or(|owner| owner == self.node)
     }
 }
 

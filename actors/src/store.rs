@@ -202,7 +202,11 @@ impl Store {
         let _ = self.replicator.set(replicator);
     }
 
-    async fn replicate(&self, state: &JobState, tombstone: Option<&Event>) -> Result<(), StoreError> {
+    async fn replicate(
+        &self,
+        state: &JobState,
+        tombstone: Option<&Event>,
+    ) -> Result<(), StoreError> {
         match self.replicator.get() {
             Some(replicator) => replicator.replicate(state, tombstone).await,
             None => Ok(()),

@@ -30,8 +30,8 @@ pub use keys::hash_api_key;
 pub use load::{ENV_PREFIX, NON_CONFIG_ENV};
 pub use net::{Cidr, CidrError};
 pub use schema::{
-    ApiKey, Auth, Backend, Cluster, Config, Downloader, Http, Jobs, Local, Log, LogFormat, Notify, Retry,
-    Role, Smtp, SmtpSecurity, Step, Storage, Supervisor, Transcriber, WorkerRole, S3,
+    ApiKey, Auth, Backend, Cluster, Config, Downloader, Http, Jobs, Local, Log, LogFormat, Notify,
+    Retry, Role, Smtp, SmtpSecurity, Step, Storage, Supervisor, Transcriber, WorkerRole, S3,
 };
 pub use units::{Size, UnitError};
 

@@ -8,8 +8,8 @@ use crate::error::{ConfigErrors, ConfigIssue};
 use crate::keys::parse_key_hash;
 use crate::net::Cidr;
 use crate::schema::{
-    Auth, Backend, Cluster, Config, Downloader, Http, Jobs, Log, Notify, Retry, Smtp, Step, Storage,
-    Supervisor, Transcriber,
+    Auth, Backend, Cluster, Config, Downloader, Http, Jobs, Log, Notify, Retry, Smtp, Step,
+    Storage, Supervisor, Transcriber,
 };
 
 /// Shortest accepted webhook signing secret; shorter ones are guessable.
@@ -425,29 +425,58 @@ fn check_cluster(c: &mut Checker, k: &Cluster) {
         c.positive_duration(path, value);
     }
     if k.suspect_after < k.heartbeat_interval {
-        c.fail("cluster.suspect_after", "must not be shorter than cluster.heartbeat_interval");
+        c.fail(
+            "cluster.suspect_after",
+            "must not be shorter than cluster.heartbeat_interval",
+        );
     }
     if k.down_after < k.suspect_after {
-        c.fail("cluster.down_after", "must not be shorter than cluster.suspect_after");
+        c.fail(
+            "cluster.down_after",
+            "must not be shorter than cluster.suspect_after",
+        );
     }
     if k.reconnect_cap < k.reconnect_base {
-        c.fail("cluster.reconnect_cap", "must not be shorter than cluster.reconnect_base");
+        c.fail(
+            "cluster.reconnect_cap",
+            "must not be shorter than cluster.reconnect_base",
+        );
     }
-    c.positive("cluster.replication_factor", u64::from(k.replication_factor));
+    c.positive(
+        "cluster.replication_factor",
+        u64::from(k.replication_factor),
+    );
     c.positive("cluster.max_queued", k.max_queued as u64);
-    c.positive("cluster.max_in_flight_per_peer", k.max_in_flight_per_peer as u64);
+    c.positive(
+        "cluster.max_in_flight_per_peer",
+        k.max_in_flight_per_peer as u64,
+    );
     for (index, seed) in k.seeds.iter().enumerate() {
-        if !seed.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)) {
-            c.fail(format!("cluster.seeds[{index}]"), format!("`{seed}` is not host:port"));
+        if !seed.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }) {
+            c.fail(
+                format!("cluster.seeds[{index}]"),
+                format!("`{seed}` is not host:port"),
+            );
         }
     }
     if let Some(advertise) = &k.advertise {
-        if !advertise.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()) {
-            c.fail("cluster.advertise", format!("`{advertise}` is not host:port"));
+        if !advertise
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        {
+            c.fail(
+                "cluster.advertise",
+                format!("`{advertise}` is not host:port"),
+            );
         }
     }
     if k.enabled() && k.cookie.as_deref().is_none_or(str::is_empty) {
-        c.fail("cluster.cookie", "is required with cluster.listen (set YTCAPTION_CLUSTER__COOKIE)");
+        c.fail(
+            "cluster.cookie",
+            "is required with cluster.listen (set YTCAPTION_CLUSTER__COOKIE)",
+        );
     }
     if !k.enabled() && !k.seeds.is_empty() {
         c.fail("cluster.seeds", "needs cluster.listen");

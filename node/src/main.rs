@@ -45,6 +45,8 @@ enum Command {
     Submit(client::SubmitArgs),
     /// List, show, cancel, retry or delete a node's jobs.
     Jobs(client::JobsArgs),
+    /// Operate the node or cluster: status, drain, undrain (admin API key).
+    Admin(client::AdminArgs),
 }
 
 /// Where the data and models live, resolved once.
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
             .and_then(|dirs| models::run(&dirs, command)),
         Command::Submit(args) => client::submit(args),
         Command::Jobs(args) => client::jobs(args),
+        Command::Admin(args) => client::admin(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

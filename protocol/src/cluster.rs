@@ -146,7 +146,10 @@ mod tests {
         let state = JobState::replay(id.clone(), &events).expect("starts with accepted");
         assert_eq!(state.owner_node.as_deref(), Some("a"));
         assert_eq!(state.epoch, 1);
-        assert_eq!(state.ran_on.get(&Step::Download).map(String::as_str), Some("b"));
+        assert_eq!(
+            state.ran_on.get(&Step::Download).map(String::as_str),
+            Some("b")
+        );
         let requests = vec![
             PeerRequest::Ping(PeerInfo {
                 name: "a".into(),

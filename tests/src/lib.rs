@@ -3,6 +3,7 @@
 //!
 //! - [`media_server`]: an HTTP server for media files, redirects, stalls and lies; also a
 //!   webhook sink that records what it received.
+//! - [`cluster`]: several real nodes meshed on 127.0.0.1 ([`cluster::TestCluster`]).
 //! - [`node`]: a real `ytcaption serve` process ([`node::NodeProcess`]) and HTTP helpers.
 //! - [`seaweed`]: a real SeaweedFS S3 server per test (`SeaweedFs::start()`), for anything
 //!   that stores blobs in S3.
@@ -10,6 +11,7 @@
 //!   and AUTH, and a parser for what it received.
 //! - [`tls`]: a throwaway CA and server certificate for test servers.
 
+pub mod cluster;
 pub mod media_server;
 pub mod node;
 pub mod seaweed;

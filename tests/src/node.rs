@@ -214,6 +214,16 @@ impl NodeProcess {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the node process.
+    pub fn signal(&self, signal: &str) {
+        if let Some((child, _)) = &self.process {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &pid])
+                .status();
+        }
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(&mut self) {
         if let Some((mut child, mut watchdog)) = self.process.take() {

@@ -44,7 +44,7 @@ async fn wait_terminal(node: &Node, job: &JobState) -> JobState {
     let mut updates = node.subscribe(&job.id);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let state = node.job(&job.id).unwrap().unwrap();
+        let state = node.local_job(&job.id).unwrap().unwrap();
         if state.is_terminal() {
             return state;
         }
@@ -126,7 +126,7 @@ async fn an_uploaded_file_is_transcribed_and_stored() {
     // The media is gone after transcription; the transcripts stay.
     let key = ytcaption_protocol::job::media_key(&job.id);
     assert!(!node.storage().exists(&key).await.unwrap());
-    let events = node.events(&job.id).unwrap();
+    let events = node.events(&job.id).await.unwrap();
     let names: Vec<&str> = events.iter().map(|event| event.name()).collect();
     assert_eq!(names.first(), Some(&"accepted"));
     assert_eq!(names.last(), Some(&"completed"));
@@ -151,7 +151,7 @@ async fn a_job_interrupted_mid_transcription_resumes_after_a_restart() {
     stop(node).await;
     let interrupted = {
         let node = start(config(data.path())).await;
-        let state = node.job(&job.id).unwrap().unwrap();
+        let state = node.local_job(&job.id).unwrap().unwrap();
         let done = wait_terminal(&node, &state).await;
         stop(node).await;
         (state, done)
@@ -234,8 +234,8 @@ async fn bad_media_fails_with_its_reason_and_cancel_removes_blobs() {
     assert!(node.cancel(&long.id).await.is_err());
     // Deleting a finished job leaves only a tombstone.
     node.delete(&failed.id).await.unwrap();
-    assert!(node.job(&failed.id).unwrap().is_none());
-    assert!(node.events(&failed.id).unwrap().is_empty());
+    assert!(node.local_job(&failed.id).unwrap().is_none());
+    assert!(node.events(&failed.id).await.unwrap().is_empty());
     stop(node).await;
 }
 
@@ -254,12 +254,12 @@ async fn finished_jobs_are_deleted_after_the_retention_period() {
     let prefix = ytcaption_protocol::job::job_prefix(&job.id);
     assert!(!node.storage().list(&prefix).await.unwrap().is_empty());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while node.job(&job.id).unwrap().is_some() {
+    while node.local_job(&job.id).unwrap().is_some() {
         assert!(tokio::time::Instant::now() < deadline, "never swept");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Tombstoned: no history, no blobs.
-    assert!(node.events(&job.id).unwrap().is_empty());
+    assert!(node.events(&job.id).await.unwrap().is_empty());
     assert!(node.storage().list(&prefix).await.unwrap().is_empty());
     stop(node).await;
 }

@@ -114,6 +114,38 @@ pub enum JobsCommand {
     Delete { id: String },
 }
 
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AdminCommand {
+    /// The node's supervision tree, queues and cluster membership (JSON).
+    Status,
+    /// Stop placing work on a cluster node and hand the jobs it owns to the others.
+    Drain { node: String },
+    /// Place work on a drained node again.
+    Undrain { node: String },
+}
+
+/// `ytcaption admin ...` (admin API key).
+pub fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    let api = args.connection.api();
+    match args.command {
+        AdminCommand::Status => print_json(&api.get_json("/v1/admin/status")?),
+        AdminCommand::Drain { node } => {
+            print_json(&api.post_empty(&format!("/v1/admin/nodes/{}/drain", path_segment(&node)))?)
+        }
+        AdminCommand::Undrain { node } => print_json(
+            &api.post_empty(&format!("/v1/admin/nodes/{}/undrain", path_segment(&node)))?,
+        ),
+    }
+}
+
 /// `ytcaption submit`.
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let api = args.connection.api();

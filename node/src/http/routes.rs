@@ -24,6 +24,8 @@ pub enum Route {
     AudioTranscriptions,
     AudioTranslations,
     AdminStatus,
+    DrainNode,
+    UndrainNode,
     /// Node to node: a blob of the local store, for a peer that lacks it.
     InternalBlob,
 }
@@ -50,6 +52,8 @@ pub const TABLE: &[(&str, &str, Route)] = &[
     ),
     ("POST", "/v1/audio/translations", Route::AudioTranslations),
     ("GET", "/v1/admin/status", Route::AdminStatus),
+    ("POST", "/v1/admin/nodes/{id}/drain", Route::DrainNode),
+    ("POST", "/v1/admin/nodes/{id}/undrain", Route::UndrainNode),
     ("GET", "/internal/v1/blobs/{key...}", Route::InternalBlob),
 ];
 
@@ -74,6 +78,8 @@ impl Route {
             Route::AudioTranscriptions => "POST /v1/audio/transcriptions",
             Route::AudioTranslations => "POST /v1/audio/translations",
             Route::AdminStatus => "GET /v1/admin/status",
+            Route::DrainNode => "POST /v1/admin/nodes/{id}/drain",
+            Route::UndrainNode => "POST /v1/admin/nodes/{id}/undrain",
             Route::InternalBlob => "GET /internal/v1/blobs/{key...}",
         }
     }

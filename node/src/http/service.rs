@@ -251,6 +251,29 @@ async fn quick(app: &App, call: &Call, request: Request<ReqBody>) -> Result<Resp
             call.principal.require_admin()?;
             Ok(super::json(StatusCode::OK, &app.node.admin_status()))
         }
+        Route::DrainNode | Route::UndrainNode => {
+            call.principal.require_admin()?;
+            let on = call.route == Route::DrainNode;
+            let node = call.id.clone().unwrap_or_default();
+            if node.is_empty()
+                || node.len() > 64
+                || !node
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(Problem::bad_request(
+                    "cluster.bad_node",
+                    "`node` is not a node name",
+                ));
+            }
+            match app.node.drain(&node, on).await {
+                Ok(()) => Ok(super::json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "node": node, "draining": on }),
+                )),
+                Err(reason) => Err(Problem::unavailable("cluster.unavailable", reason, 1)),
+            }
+        }
         Route::ListJobs => jobs::list(app, call, request.uri().query()).await,
         Route::GetJob => jobs::get(app, call).await,
         Route::DeleteJob => jobs::delete(app, call).await,
