@@ -782,6 +782,7 @@ mod tests {
                             step: Step::Download,
                             attempt: 1,
                             at: 2_000,
+                            node: None,
                         },
                         Event::StepSucceeded {
                             step: Step::Download,

@@ -743,6 +743,7 @@ mod tests {
             step: Step::Download,
             attempt: 1,
             at: 20,
+            node: None,
         });
         assert_eq!(state.stage, Stage::Downloading);
         state.apply(&Event::StepSucceeded {

@@ -203,6 +203,7 @@ mod tests {
                 step: Step::Download,
                 attempt: 1,
                 at: 1_709_296_497_000,
+                node: None,
             },
             Event::StepSucceeded {
                 step: Step::Download,
@@ -217,6 +218,7 @@ mod tests {
                 step: Step::Transcribe,
                 attempt: 1,
                 at: 1_709_296_497_300,
+                node: None,
             },
             Event::StepFailed {
                 step: Step::Transcribe,
@@ -229,6 +231,7 @@ mod tests {
                 step: Step::Transcribe,
                 attempt: 2,
                 at: 1_709_296_498_000,
+                node: None,
             },
             Event::StepSucceeded {
                 step: Step::Transcribe,
