@@ -5,7 +5,7 @@ CARGO ?= cargo
 MODELS ?= base tiny.en
 BIN := target/release/ytcaption
 
-.PHONY: demo test model fixtures test-env build lint bench bench-node fuzz clean-fixtures
+.PHONY: demo test model fixtures test-env build lint bench bench-node bench-cluster fuzz clean-fixtures
 
 ## The main job on the embedded defaults: start a node, transcribe bundled samples through its
 ## HTTP API (upload, wait, print as text and SRT), stop the node.
@@ -40,3 +40,7 @@ bench: model build
 ## Node figures: durable submissions/s with wrk, orchestration overhead, idle RSS.
 bench-node: model build fixtures
 	deploy/bench/node.sh
+
+## Cluster figures: cross-node dispatch overhead, crash and hang detection, takeover time.
+bench-cluster: model build fixtures
+	python3 deploy/bench/cluster.py

@@ -1006,8 +1006,22 @@ impl Cluster {
             let first = rank(&job.id, candidates.iter().map(String::as_str))
                 .first()
                 .map(|name| (*name).to_owned());
-            if first.as_deref() == Some(me.as_str()) {
-                self.take_over(job, "owner down").await;
+            match first {
+                Some(first) if first == me => self.take_over(job, "owner down").await,
+                // The node that should take over may hold no copy (membership moved since
+                // the owner chose its replicas): give it ours; it takes over at its next scan.
+                Some(first) => {
+                    if let Ok(events) = self.store.events(&job.id) {
+                        let copy = Replicate {
+                            job_id: job.id.clone(),
+                            epoch: job.epoch,
+                            events,
+                            tombstone: None,
+                        };
+                        let _ = self.push(&first, copy).await;
+                    }
+                }
+                None => {}
             }
         }
     }

@@ -28,6 +28,9 @@ pub const ROLE: &str = "job_manager";
 pub enum SubmitError {
     #[error("the queue is full ({0} jobs waiting or running); retry later")]
     QueueFull(usize),
+    /// The whole cluster holds `cluster.max_queued` unfinished jobs.
+    #[error("the cluster is full ({0} jobs waiting or running across its nodes); retry later")]
+    ClusterFull(usize),
     #[error("{0}")]
     Store(String),
 }
@@ -238,6 +241,7 @@ impl Actor for JobManager {
                 let store = state.args.saga.store.clone();
                 let ttl = state.args.params.idempotency_ttl.as_millis() as u64;
                 let idempotency = key.map(|key| (job.spec.owner.clone(), key));
+                let id = job.id.clone();
                 let pending = state.pending.clone();
                 pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(async move {
@@ -245,11 +249,16 @@ impl Actor for JobManager {
                     pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     let result = match result {
                         Ok(submitted) => {
-                            if submitted.created {
-                                let _ =
-                                    myself.cast(JobManagerMsg::Start(submitted.state.id.clone()));
-                            }
+                            // Also for a repeated key: an earlier answer may have been an error
+                            // (no replica) after the job was already durable here.
+                            let _ = myself.cast(JobManagerMsg::Start(submitted.state.id.clone()));
                             Ok(submitted)
+                        }
+                        Err(StoreError::Unreplicated(error)) => {
+                            // Durable here but on no other node: the client is told to retry
+                            // (its idempotency key finds this job); the job runs meanwhile.
+                            let _ = myself.cast(JobManagerMsg::Start(id));
+                            Err(SubmitError::Store(format!("no other node took a copy of the job yet ({error}); retry with the same Idempotency-Key")))
                         }
                         Err(StoreError::Busy) => Err(SubmitError::QueueFull(0)),
                         Err(error) => Err(SubmitError::Store(error.to_string())),

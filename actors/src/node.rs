@@ -408,7 +408,7 @@ impl Node {
         if let Some(cluster) = &self.inner.cluster {
             let queued = cluster.cluster_queued();
             if queued >= cluster.max_queued() {
-                return Err(SubmitError::QueueFull(queued));
+                return Err(SubmitError::ClusterFull(queued));
             }
             job.apply(&ytcaption_protocol::Event::Owner {
                 node: cluster.name().to_owned(),

@@ -349,6 +349,9 @@ pub(super) fn submit_problem(error: SubmitError, retry_after: u64) -> Problem {
         SubmitError::QueueFull(_) => {
             Problem::unavailable("queue.full", error.to_string(), retry_after)
         }
+        SubmitError::ClusterFull(_) => {
+            Problem::too_many("cluster.queue_full", error.to_string(), retry_after)
+        }
         SubmitError::Store(message) => {
             Problem::unavailable("store.unavailable", message, retry_after)
         }
