@@ -81,6 +81,69 @@ pub struct ClusterParams {
     pub max_in_flight_per_peer: usize,
     /// Worker roles (process-group names) this node runs, with their worker counts.
     pub workers: Vec<(&'static str, u32)>,
+    /// TLS for cluster links; `None`: plain TCP.
+    pub tls: Option<ClusterTls>,
+}
+
+/// TLS for cluster links: what this node accepts with and dials with.
+#[derive(Clone)]
+pub struct ClusterTls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for ClusterTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterTls")
+    }
+}
+
+impl ClusterTls {
+    /// Loads this node's certificate chain and key and the CA peers' certificates chain to
+    /// (PEM files).
+    pub fn from_files(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Result<ClusterTls, ClusterError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let read_certs =
+            |path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, ClusterError> {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                    .map_err(|e| ClusterError(format!("{}: {e}", path.display())))?;
+                if certs.is_empty() {
+                    return Err(ClusterError(format!("{}: no certificate", path.display())));
+                }
+                Ok(certs)
+            };
+        let chain = read_certs(cert)?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| ClusterError(format!("{}: {e}", key.display())))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca_cert in read_certs(ca)? {
+            roots
+                .add(ca_cert)
+                .map_err(|e| ClusterError(format!("{}: {e}", ca.display())))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClusterError(format!("TLS: {e}")))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| ClusterError(format!("{}: {e}", cert.display())))?;
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClusterError(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(ClusterTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -249,7 +312,10 @@ impl Cluster {
             params.cookie.clone(),
             params.name.clone(),
             host,
-            None,
+            params
+                .tls
+                .as_ref()
+                .map(|tls| ractor_cluster::IncomingEncryptionMode::Tls(tls.acceptor.clone())),
             Some(ractor_cluster::node::NodeConnectionMode::Isolated),
         )
         .with_listen_addr(params.listen.ip())
@@ -774,15 +840,40 @@ impl Cluster {
             dial.busy_until_ms = now + handshake;
             dial.next_ms = now + backoff;
             let server = self.server.clone();
+            let tls = self.params.tls.clone();
             tokio::spawn(async move {
                 let connect = async {
                     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&target)
                         .await
                         .map(Iterator::collect)
                         .unwrap_or_default();
+                    let host = target
+                        .rsplit_once(':')
+                        .map_or(target.as_str(), |(host, _)| host)
+                        .trim_matches(|c| c == '[' || c == ']')
+                        .to_owned();
                     for addr in addrs {
-                        if ractor_cluster::client_connect(&server, addr).await.is_ok() {
-                            return true;
+                        let connected = match &tls {
+                            None => ractor_cluster::client_connect(&server, addr).await,
+                            Some(tls) => {
+                                let Ok(name) =
+                                    rustls::pki_types::ServerName::try_from(host.clone())
+                                else {
+                                    tracing::warn!(%target, "not a TLS server name");
+                                    return false;
+                                };
+                                ractor_cluster::client_connect_enc(
+                                    &server,
+                                    addr,
+                                    tls.connector.clone(),
+                                    name,
+                                )
+                                .await
+                            }
+                        };
+                        match connected {
+                            Ok(()) => return true,
+                            Err(error) => tracing::debug!(%target, %error, "cluster dial failed"),
                         }
                     }
                     false

@@ -723,7 +723,15 @@ fn cluster_params(
         crate::storer::ROLE,
         crate::notifier::ROLE,
     ];
+    let tls = match (&c.tls_cert, &c.tls_key, &c.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(
+            crate::cluster::ClusterTls::from_files(cert, key, ca)
+                .map_err(|error| StartError::Config(error.to_string()))?,
+        ),
+        _ => None,
+    };
     Ok(Some(ClusterParams {
+        tls,
         name: config.node_name.clone(),
         listen,
         advertise: c.advertise.clone().unwrap_or_else(|| listen.to_string()),

@@ -164,6 +164,9 @@ fn schema_exemplar() -> Config {
     config.cluster.advertise = some();
     config.cluster.cookie = some();
     config.cluster.seeds = vec![String::new()];
+    config.cluster.tls_cert = Some(PathBuf::new());
+    config.cluster.tls_key = Some(PathBuf::new());
+    config.cluster.tls_ca = Some(PathBuf::new());
     config.notify.allow_private = vec![String::new()];
     config.notify.smtp = Some(Smtp {
         username: some(),

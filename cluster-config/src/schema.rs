@@ -665,6 +665,15 @@ pub struct Cluster {
     pub max_queued: usize,
     /// Steps this node's owners have in flight on any one peer.
     pub max_in_flight_per_peer: usize,
+    /// TLS for cluster links: this node's certificate chain and key (PEM). Set both on every
+    /// node, with `tls_ca`; unset: plain TCP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signed the nodes' certificates, trusted when dialling a peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for Cluster {
@@ -685,6 +694,9 @@ impl Default for Cluster {
             call_timeout: secs(5),
             max_queued: 50_000,
             max_in_flight_per_peer: 64,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
@@ -707,6 +719,9 @@ impl fmt::Debug for Cluster {
             .field("call_timeout", &self.call_timeout)
             .field("max_queued", &self.max_queued)
             .field("max_in_flight_per_peer", &self.max_in_flight_per_peer)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_ca", &self.tls_ca)
             .finish()
     }
 }

@@ -481,6 +481,13 @@ fn check_cluster(c: &mut Checker, k: &Cluster) {
     if !k.enabled() && !k.seeds.is_empty() {
         c.fail("cluster.seeds", "needs cluster.listen");
     }
+    let tls = [&k.tls_cert, &k.tls_key, &k.tls_ca];
+    if tls.iter().any(|p| p.is_some()) && !tls.iter().all(|p| p.is_some()) {
+        c.fail(
+            "cluster.tls_cert",
+            "cluster TLS needs tls_cert, tls_key and tls_ca together",
+        );
+    }
 }
 
 fn check_supervisor(c: &mut Checker, s: &Supervisor) {

@@ -367,3 +367,69 @@ fn garbage_on_the_cluster_port_does_not_hurt_a_node() {
     let done = wait_job(&cluster.nodes[0], &id, Duration::from_secs(120), terminal);
     assert_eq!(done["state"], "completed", "{done}");
 }
+
+#[test]
+fn a_cluster_over_tls_meshes_and_runs_jobs_and_plain_tcp_cannot_join() {
+    let smtp = SmtpSink::start();
+    let media = MediaServer::start(&common::fixtures());
+    let dir = tempfile::tempdir().unwrap();
+    let cert = ytcaption_tests::tls::TestCert::generate(dir.path());
+    let ca = dir.path().join("ca.pem");
+    let tls = |i: usize| {
+        let mut env = vec![
+            (
+                "YTCAPTION_CLUSTER__TLS_CERT".to_owned(),
+                cert.cert_path.display().to_string(),
+            ),
+            (
+                "YTCAPTION_CLUSTER__TLS_KEY".to_owned(),
+                cert.key_path.display().to_string(),
+            ),
+            (
+                "YTCAPTION_CLUSTER__TLS_CA".to_owned(),
+                ca.display().to_string(),
+            ),
+        ];
+        if i == 0 {
+            env.push((
+                "YTCAPTION_CLUSTER__ROLES".into(),
+                "download,store,notify".into(),
+            ));
+        }
+        env
+    };
+    let cluster = TestCluster::start(2, &config(smtp.port()), tls);
+    cluster.wait_mesh(&[0, 1], Duration::from_secs(20));
+    let id = submit(
+        &cluster.nodes[0],
+        &json!({ "url": media.url("/files/news_espeak.wav") }),
+    );
+    let done = wait_job(&cluster.nodes[0], &id, Duration::from_secs(120), terminal);
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["placement"]["ran_on"]["transcribe"], "n2", "{done}");
+
+    // A node that speaks plain TCP to the TLS listeners never becomes a member.
+    let plain = NodeProcess::start_with_env(
+        &config(smtp.port()),
+        &[
+            ("YTCAPTION_NODE_NAME", "plain"),
+            (
+                "YTCAPTION_CLUSTER__LISTEN",
+                &format!("127.0.0.1:{}", ytcaption_tests::node::free_port()),
+            ),
+            (
+                "YTCAPTION_CLUSTER__SEEDS",
+                &format!("127.0.0.1:{}", cluster.cluster_ports[0]),
+            ),
+            (
+                "YTCAPTION_CLUSTER__COOKIE",
+                ytcaption_tests::cluster::COOKIE,
+            ),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(cluster.member_state(0, "plain"), None);
+    let (status, _) = get(&plain, "/healthz");
+    assert_eq!(status, 200);
+    cluster.wait_mesh(&[0, 1], Duration::from_secs(5));
+}
