@@ -264,6 +264,15 @@ impl NodeEventSubscription for Subscription {
     }
 }
 
+/// Members down this long are forgotten: they no longer count towards the majority.
+const FORGET_DOWN_AFTER_MS: u64 = 10 * 60 * 1000;
+
+/// Whether a node that knows `peers` other members and sees `alive` of them is among a
+/// majority (always, with fewer than two peers).
+fn quorum(peers: usize, alive: usize) -> bool {
+    peers < 2 || (alive + 1) * 2 > peers + 1
+}
+
 /// Rendezvous (highest random weight) score of `node` for `job`.
 fn score(job: &JobId, node: &str) -> u64 {
     let digest = Sha256::new()
@@ -485,6 +494,19 @@ impl Cluster {
             "replication_factor": self.params.replication_factor,
             "members": self.members(),
         })
+    }
+
+    /// True unless this node is on the minority side of a cluster of three or more: it sees
+    /// a majority of the members it knows (itself included) alive. In a pair there is no
+    /// majority to be had, and each side carries on alone.
+    pub fn has_quorum(&self) -> bool {
+        let view = lock(&self.view);
+        let alive = view
+            .members
+            .values()
+            .filter(|member| member.state == MemberState::Alive)
+            .count();
+        quorum(view.members.len(), alive)
     }
 
     /// Peers that answer heartbeats.
@@ -730,6 +752,12 @@ impl Cluster {
             for (sid, _) in &to_close {
                 view.sessions.remove(sid);
             }
+            let before = view.members.len();
+            view.members.retain(|_, member| {
+                member.state != MemberState::Down
+                    || now.saturating_sub(member.since_ms) < FORGET_DOWN_AFTER_MS
+            });
+            changed |= view.members.len() != before;
         }
         for (_, actor) in to_close {
             actor.stop(Some("heartbeat timeout".into()));
@@ -971,10 +999,16 @@ impl Cluster {
             events,
             tombstone: tombstone.cloned(),
         };
-        // A node that just lost every peer waits a little before going on alone: it may be
-        // the one cut off (or just resumed from a pause), and a newer owner may exist.
+        // A node on the minority side of a cluster of three or more changes nothing: the
+        // majority takes its jobs over. It waits until it is back among a majority (or
+        // learns it was fenced). A node that just lost its only peer waits a little before
+        // going on alone: it may be the one cut off (or just resumed from a pause).
         let grace = self.params.down_after.as_millis() as u64 * 2;
         loop {
+            if !self.has_quorum() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
             let alive = self.alive_names(true);
             if !alive.is_empty() {
                 break;
@@ -1075,8 +1109,8 @@ impl Cluster {
                 .count();
             (down, known, alive)
         };
-        // Cut off from a cluster of three or more: the others decide, not this node.
-        if known.len() >= 2 && alive == 0 {
+        // On the minority side of a cluster of three or more: the others decide.
+        if !quorum(known.len(), alive) {
             return;
         }
         let orphan_grace = self.params.down_after.as_millis() as u64 * 5 + 10_000;
@@ -1481,6 +1515,22 @@ mod tests {
                 "{node} ranks first for {share} of 300 jobs"
             );
         }
+    }
+
+    #[test]
+    fn a_majority_is_needed_from_three_members_on() {
+        // Alone, or in a pair: always.
+        assert!(quorum(0, 0));
+        assert!(quorum(1, 0));
+        // Three nodes: one peer alive is a majority (2 of 3), none is not.
+        assert!(quorum(2, 1));
+        assert!(!quorum(2, 0));
+        // Four: 2 of 4 is not a majority, 3 of 4 is.
+        assert!(!quorum(3, 1));
+        assert!(quorum(3, 2));
+        // Five: 3 of 5.
+        assert!(quorum(4, 2));
+        assert!(!quorum(4, 1));
     }
 
     #[test]

@@ -406,6 +406,12 @@ impl Node {
         idempotency_key: Option<String>,
     ) -> Result<Submitted, SubmitError> {
         if let Some(cluster) = &self.inner.cluster {
+            if !cluster.has_quorum() {
+                return Err(SubmitError::Store(
+                    "this node is cut off from most of its cluster; submit to another node or retry"
+                        .into(),
+                ));
+            }
             let queued = cluster.cluster_queued();
             if queued >= cluster.max_queued() {
                 return Err(SubmitError::ClusterFull(queued));
