@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{hooks, response};
+
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -20,48 +22,11 @@ use ytcaption_tests::smtp::SmtpSink;
 const SECRET: &str = "cluster-webhook-secret-0123456789";
 
 fn config(smtp_port: u16) -> String {
-    format!(
-        r#"
-[transcriber]
-workers = 1
-threads = 1
-
-[downloader]
-allow_private = ["127.0.0.1/32"]
-
-[jobs.retry]
-base = "100ms"
-cap = "500ms"
-
-[notify]
-webhook_secret = "{SECRET}"
-allow_private = ["127.0.0.1/32"]
-
-[notify.smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-security = "none"
-from = "ytcaption <ytcaption@example.com>"
-"#
-    )
+    common::node_config(SECRET, smtp_port, "")
 }
 
 fn no_env(_: usize) -> Vec<(String, String)> {
     Vec::new()
-}
-
-fn response(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
-    let response = match result {
-        Ok(response) => response,
-        Err(ureq::Error::Status(_, response)) => response,
-        Err(error) => panic!("request failed: {error}"),
-    };
-    let status = response.status();
-    let text = response.into_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 fn get(node: &NodeProcess, path: &str) -> (u16, Value) {
@@ -109,14 +74,6 @@ fn transcript(node: &NodeProcess, id: &str) -> String {
         .call()
         .expect("transcript");
     response.into_string().unwrap()
-}
-
-fn hooks(server: &MediaServer, path: &str) -> Vec<RecordedRequest> {
-    server
-        .requests()
-        .into_iter()
-        .filter(|request| request.method == "POST" && request.path() == path)
-        .collect()
 }
 
 fn check_hook(request: &RecordedRequest, id: &str, state: &str) {

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::{hooks, response};
+
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -23,36 +25,14 @@ const SECRET: &str = "test-webhook-secret-0123456789";
 /// `storage` adds a `[storage]` section.
 fn config(smtp_port: u16, storage: &str) -> String {
     let ytdlp = common::repo().join(".venv-test/bin/yt-dlp");
-    format!(
-        r#"
-node_name = "test-node"
-
-[transcriber]
-workers = 1
-threads = 1
-
-[downloader]
-allow_private = ["127.0.0.1/32"]
-ytdlp_path = "{ytdlp}"
-
-[jobs.retry]
-base = "100ms"
-cap = "500ms"
-
-[notify]
-webhook_secret = "{SECRET}"
-allow_private = ["127.0.0.1/32"]
-
-[notify.smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-security = "none"
-from = "ytcaption <ytcaption@example.com>"
-
-{storage}
-"#,
-        ytdlp = ytdlp.display(),
-    )
+    // A top-level key goes before every section; `ytdlp_path` belongs to [downloader].
+    let config = common::node_config(SECRET, smtp_port, storage);
+    "node_name = \"test-node\"\n".to_owned()
+        + &config.replacen(
+            "[downloader]\n",
+            &format!("[downloader]\nytdlp_path = \"{}\"\n", ytdlp.display()),
+            1,
+        )
 }
 
 fn get(node: &NodeProcess, path: &str) -> (u16, Value) {
@@ -106,21 +86,6 @@ fn wait_transcribing(node: &NodeProcess, id: &str) {
     }
 }
 
-/// Status and JSON body of a response, whether ureq calls it an error or not.
-fn response(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
-    let response = match result {
-        Ok(response) => response,
-        Err(ureq::Error::Status(_, response)) => response,
-        Err(error) => panic!("request failed: {error}"),
-    };
-    let status = response.status();
-    let text = response.into_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 fn text_of(node: &NodeProcess, id: &str, format: &str) -> (u16, String, String) {
     let result = ureq::get(&node.url(&format!("/v1/jobs/{id}/transcript?format={format}"))).call();
     let response = match result {
@@ -131,15 +96,6 @@ fn text_of(node: &NodeProcess, id: &str, format: &str) -> (u16, String, String) 
     let status = response.status();
     let content_type = response.content_type().to_owned();
     (status, content_type, response.into_string().unwrap())
-}
-
-/// The webhook deliveries the media server received for `path`.
-fn hooks(server: &MediaServer, path: &str) -> Vec<ytcaption_tests::media_server::RecordedRequest> {
-    server
-        .requests()
-        .into_iter()
-        .filter(|request| request.method == "POST" && request.path() == path)
-        .collect()
 }
 
 fn check_signature(request: &ytcaption_tests::media_server::RecordedRequest) -> Value {

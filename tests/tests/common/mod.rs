@@ -200,3 +200,62 @@ fn word_error_rate_counts_edits_over_reference_words() {
     assert_eq!(word_errors("a b c d", "a x c"), (2, 4));
     assert!((wer("one two", "") - 1.0).abs() < 1e-9);
 }
+
+/// The configuration the node-process tests share: one small transcriber, fast retries,
+/// webhooks signed with `webhook_secret`, email to the sink on `smtp_port`, private addresses
+/// allowed (media and hooks are on 127.0.0.1); `extra` is appended (more sections).
+pub fn node_config(webhook_secret: &str, smtp_port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[transcriber]
+workers = 1
+threads = 1
+
+[downloader]
+allow_private = ["127.0.0.1/32"]
+
+[jobs.retry]
+base = "100ms"
+cap = "500ms"
+
+[notify]
+webhook_secret = "{webhook_secret}"
+allow_private = ["127.0.0.1/32"]
+
+[notify.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+security = "none"
+from = "ytcaption <ytcaption@example.com>"
+
+{extra}
+"#
+    )
+}
+
+/// Status and JSON body of a response, whether ureq calls it an error or not.
+pub fn response(result: Result<ureq::Response, ureq::Error>) -> (u16, serde_json::Value) {
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("request failed: {error}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// The webhook deliveries the media server received for `path`.
+pub fn hooks(
+    server: &ytcaption_tests::media_server::MediaServer,
+    path: &str,
+) -> Vec<ytcaption_tests::media_server::RecordedRequest> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|request| request.method == "POST" && request.path() == path)
+        .collect()
+}
