@@ -984,6 +984,26 @@ impl Cluster {
         &self,
         state: &JobState,
         tombstone: Option<&Event>,
+        insist: bool,
+    ) -> Result<(), StoreError> {
+        loop {
+            match self.replicate_once(state, tombstone).await {
+                // Live peers exist but none answered: a change the owner is about to act on
+                // waits (it may be the one cut off, about to learn it was fenced); the view
+                // catches up within `down_after`, and then the majority rule decides.
+                Err(StoreError::Unreplicated(error)) if insist && self.alive_peers() > 0 => {
+                    tracing::debug!(job_id = %state.id, %error, "replication retried");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn replicate_once(
+        &self,
+        state: &JobState,
+        tombstone: Option<&Event>,
     ) -> Result<(), StoreError> {
         let want = self.params.replication_factor.saturating_sub(1);
         if want == 0 || state.owner_node.as_deref() != Some(self.name()) {
@@ -1392,9 +1412,10 @@ impl Replicator for Cluster {
         &'a self,
         state: &'a JobState,
         tombstone: Option<&'a Event>,
+        insist: bool,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'a>>
     {
-        Box::pin(self.replicate_owned(state, tombstone))
+        Box::pin(self.replicate_owned(state, tombstone, insist))
     }
 }
 

@@ -432,15 +432,51 @@ impl Node {
     }
 
     /// A job from this node's log or, in a cluster, from the live peers that hold a copy.
+    /// A copy of a job another node owns may be behind (this node left the replica set):
+    /// the freshest copy among the live peers wins, and replaces the local one.
     pub async fn job(&self, id: &JobId) -> Result<Option<JobState>, StoreError> {
-        if let Some(job) = self.inner.store.get(id)? {
-            return Ok((!job.deleted).then_some(job));
+        let local = self.inner.store.get(id)?;
+        let mine = local.as_ref().is_some_and(|job| {
+            self.inner.cluster.as_ref().is_none_or(|cluster| {
+                job.owner_node
+                    .as_deref()
+                    .is_none_or(|o| o == cluster.name())
+            })
+        });
+        if mine {
+            return Ok(local.filter(|job| !job.deleted));
         }
-        Ok(self
-            .remote_copy(id)
-            .await
-            .map(|copy| copy.state)
-            .filter(|job| !job.deleted))
+        let remote = self.remote_copy(id).await;
+        let best = match (local, remote) {
+            (Some(local), Some(remote))
+                if (remote.state.epoch, remote.state.events) > (local.epoch, local.events) =>
+            {
+                self.refresh(remote.clone());
+                Some(remote.state)
+            }
+            (Some(local), _) => Some(local),
+            (None, remote) => remote.map(|copy| copy.state),
+        };
+        Ok(best.filter(|job| !job.deleted))
+    }
+
+    /// Replaces this node's copy of a job with a fresher one (in the background).
+    fn refresh(&self, copy: ytcaption_protocol::cluster::JobCopy) {
+        if copy.events.is_empty() {
+            return;
+        }
+        let store = self.inner.store.clone();
+        tokio::spawn(async move {
+            let replicate = ytcaption_protocol::cluster::Replicate {
+                job_id: copy.state.id.clone(),
+                epoch: copy.state.epoch,
+                events: copy.events,
+                tombstone: None,
+            };
+            if let Err(error) = store.adopt(replicate).await {
+                tracing::debug!(%error, "could not refresh a job copy");
+            }
+        });
     }
 
     /// This node's copy only (no network): for hot paths that already read the job.
@@ -456,7 +492,20 @@ impl Node {
     }
 
     pub async fn events(&self, id: &JobId) -> Result<Vec<ytcaption_protocol::Event>, StoreError> {
-        if self.inner.store.get(id)?.is_some() {
+        // The same freshness rule as `job`: a copy owned elsewhere is checked against peers.
+        if let Some(job) = self.inner.store.get(id)? {
+            let owner_elsewhere = match (&self.inner.cluster, &job.owner_node) {
+                (Some(cluster), Some(owner)) => owner != cluster.name(),
+                _ => false,
+            };
+            if !owner_elsewhere {
+                return self.inner.store.events(id);
+            }
+            if let Some(copy) = self.remote_copy(id).await {
+                if (copy.state.epoch, copy.state.events) > (job.epoch, job.events) {
+                    return Ok(copy.events);
+                }
+            }
             return self.inner.store.events(id);
         }
         Ok(self

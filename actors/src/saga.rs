@@ -651,26 +651,40 @@ async fn record(
         Err(failure) => {
             let limits = ctx.params.limits(step);
             // The input a step read is gone with the node that held it (local storage): run
-            // the step that made it again, then this one.
+            // the step that made it again, then this one. Attempts lost to the cluster (this,
+            // or a worker's node dying) do not count, up to MAX_LOST per job.
             let lost_input = match step {
                 Step::Transcribe => Some(Step::Download),
                 Step::Store => Some(Step::Transcribe),
                 _ => None,
             }
             .filter(|_| failure.reason.code == "storage.not_found" && ctx.cluster.is_some());
-            if let Some(input) = lost_input {
-                if attempt < limits.attempts {
-                    tracing::warn!(%step, %input, reason = %failure.reason, "step input lost; redoing the step that made it");
-                    events.push(Event::StepFailed {
-                        step,
-                        attempt,
-                        reason: failure.reason,
-                        retry_at: Some(at),
-                        at,
-                    });
-                    events.push(Event::Invalidated { step: input, at });
-                    return append(ctx, id, events).await.map(drop);
-                }
+            let lost_before = ctx.store.get(id)?.map_or(0, |state| state.lost);
+            let forgiven = lost_before < ytcaption_protocol::job::MAX_LOST;
+            if let (Some(input), true) = (lost_input, forgiven) {
+                tracing::warn!(%step, %input, reason = %failure.reason, "step input lost; redoing the step that made it");
+                events.push(Event::StepFailed {
+                    step,
+                    attempt,
+                    reason: Reason::new("step.input_lost", failure.reason.message),
+                    retry_at: Some(at),
+                    at,
+                });
+                events.push(Event::Invalidated { step: input, at });
+                return append(ctx, id, events).await.map(drop);
+            }
+            let lost = ytcaption_protocol::job::LOST_CODES.contains(&failure.reason.code.as_str());
+            if lost && forgiven {
+                let delay = ctx.params.backoff.delay(1, random_u64());
+                tracing::warn!(%step, attempt, reason = %failure.reason, "step attempt lost with its worker; placing it again");
+                events.push(Event::StepFailed {
+                    step,
+                    attempt,
+                    reason: failure.reason,
+                    retry_at: Some(at + delay.as_millis() as u64),
+                    at,
+                });
+                return append(ctx, id, events).await.map(drop);
             }
             if failure.retryable && attempt < limits.attempts {
                 let delay = ctx.params.backoff.delay(attempt, random_u64());

@@ -52,10 +52,13 @@ pub enum StoreError {
 /// Copies each durable change of a job this node owns to other nodes (the cluster).
 pub trait Replicator: Send + Sync + std::fmt::Debug {
     /// Called after `state` is on this node's disk; `tombstone` when its events were dropped.
+    /// With `insist`, keeps trying while live peers exist (a change the owner acts on next);
+    /// without, answers `Unreplicated` at once (a submission the client can retry).
     fn replicate<'a>(
         &'a self,
         state: &'a JobState,
         tombstone: Option<&'a Event>,
+        insist: bool,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'a>>;
 }
 
@@ -206,9 +209,10 @@ impl Store {
         &self,
         state: &JobState,
         tombstone: Option<&Event>,
+        insist: bool,
     ) -> Result<(), StoreError> {
         match self.replicator.get() {
-            Some(replicator) => replicator.replicate(state, tombstone).await,
+            Some(replicator) => replicator.replicate(state, tombstone, insist).await,
             None => Ok(()),
         }
     }
@@ -220,7 +224,7 @@ impl Store {
         state: &JobState,
         tombstone: Option<&Event>,
     ) -> Result<(), StoreError> {
-        match self.replicate(state, tombstone).await {
+        match self.replicate(state, tombstone, true).await {
             Err(StoreError::Unreplicated(error)) => {
                 tracing::warn!(job_id = %state.id, %error, "change not replicated yet");
                 Ok(())
@@ -269,7 +273,7 @@ impl Store {
         })?;
         let submitted = answer.await.map_err(|_| StoreError::Closed)??;
         // Also for a repeated idempotency key: the first answer may have missed its replica.
-        self.replicate(&submitted.state, None).await?;
+        self.replicate(&submitted.state, None, false).await?;
         Ok(submitted)
     }
 

@@ -458,7 +458,21 @@ pub struct JobState {
     /// Where each step's latest attempt ran.
     #[serde(default)]
     pub ran_on: BTreeMap<Step, String>,
+    /// The step whose attempt is running (started, no outcome yet).
+    #[serde(default)]
+    pub open_step: Option<Step>,
+    /// Attempts lost to the cluster (a node died with the step or its input) rather than
+    /// failed: they do not count against the step's attempt limit, up to [`MAX_LOST`].
+    #[serde(default)]
+    pub lost: u32,
 }
+
+/// Attempts a job may lose to node failures without counting them (then they count, so a
+/// medium that kills nodes still ends).
+pub const MAX_LOST: u32 = 10;
+
+/// Failure codes of attempts lost to the cluster, not to the step itself.
+pub const LOST_CODES: [&str; 2] = ["step.worker_lost", "step.input_lost"];
 
 impl JobState {
     /// The state after the `Accepted` event.
@@ -485,6 +499,18 @@ impl JobState {
             owner_node: None,
             epoch: 0,
             ran_on: BTreeMap::new(),
+            open_step: None,
+            lost: 0,
+        }
+    }
+
+    /// Gives back an attempt lost to the cluster (see [`MAX_LOST`]).
+    fn forgive(&mut self, step: Step) {
+        if self.lost < MAX_LOST {
+            self.lost += 1;
+            if let Some(count) = self.attempts.get_mut(&step) {
+                *count = count.saturating_sub(1);
+            }
         }
     }
 
@@ -522,12 +548,14 @@ impl JobState {
                 if let Some(node) = node {
                     self.ran_on.insert(*step, node.clone());
                 }
+                self.open_step = Some(*step);
                 self.stage = step.stage();
                 self.attempts.insert(*step, *attempt);
                 self.step_started_at = Some(*at);
                 self.next_retry_at = None;
             }
             Event::StepSucceeded { step, output, at } if !terminal => {
+                self.open_step = None;
                 if let Some(started) = self.step_started_at.take() {
                     self.timings.insert(*step, at.saturating_sub(started));
                 }
@@ -535,8 +563,15 @@ impl JobState {
                 self.error = None;
             }
             Event::StepFailed {
-                reason, retry_at, ..
+                step,
+                reason,
+                retry_at,
+                ..
             } if !terminal => {
+                self.open_step = None;
+                if LOST_CODES.contains(&reason.code.as_str()) {
+                    self.forgive(*step);
+                }
                 self.step_started_at = None;
                 self.error = Some(reason.clone());
                 self.next_retry_at = *retry_at;
@@ -596,6 +631,13 @@ impl JobState {
                 self.ran_on.remove(step);
             }
             Event::Owner { node, epoch, .. } if *epoch >= self.epoch => {
+                // A new owner: the attempt running under the old one was lost with it.
+                if *epoch > self.epoch && self.epoch > 0 && !terminal {
+                    if let Some(step) = self.open_step.take() {
+                        self.forgive(step);
+                        self.step_started_at = None;
+                    }
+                }
                 self.owner_node = Some(node.clone());
                 self.epoch = *epoch;
             }
@@ -604,6 +646,7 @@ impl JobState {
     }
 
     fn finish(&mut self, at: u64) {
+        self.open_step = None;
         self.finished_at = Some(at);
         self.step_started_at = None;
         self.next_retry_at = None;
