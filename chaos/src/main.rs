@@ -268,7 +268,7 @@ fn random_run(world: &World, jobs: &Jobs, cli: &Cli, seed: u64, weights: &[u32])
     let started = Instant::now();
     std::thread::scope(|scope| {
         scope.spawn(move || {
-            let mut rng = Rng::new(seed ^ 0x5EED_0F_C0FFEE);
+            let mut rng = Rng::new(seed ^ 0x5EED_0FC0_FFEE);
             for k in 0..cli.jobs {
                 let spec = JobSpec::random(&mut rng);
                 let nodes: Vec<usize> = (0..world.len())

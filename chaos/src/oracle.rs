@@ -84,12 +84,15 @@ pub fn check(world: &World, jobs: &[Job], wer_threshold: f64) -> Verdict {
             .iter()
             .map(|(i, v)| format!("{}={}", world.names[*i], v["state"].as_str().unwrap_or("?")))
             .collect();
-        let state = views
-            .first()
-            .and_then(|(_, v)| v["state"].as_str())
-            .unwrap_or("missing")
-            .to_owned();
-        let view = views.first().map(|(_, v)| v.clone()).unwrap_or(Value::Null);
+        // The authoritative view: the owner's own (highest epoch), else any.
+        let view = views
+            .iter()
+            .filter(|(i, v)| v["placement"]["owner_node"] == world.names[*i].as_str())
+            .max_by_key(|(_, v)| v["placement"]["epoch"].as_u64())
+            .or(views.first())
+            .map(|(_, v)| v.clone())
+            .unwrap_or(Value::Null);
+        let state = view["state"].as_str().unwrap_or("missing").to_owned();
         if views.len() < up.len() {
             problems.push(format!(
                 "only {} of {} up nodes know it",
@@ -98,7 +101,12 @@ pub fn check(world: &World, jobs: &[Job], wer_threshold: f64) -> Verdict {
             ));
         }
         if views.iter().any(|(_, v)| v["state"] != view["state"]) {
-            problems.push(format!("nodes disagree on its state: {}", states.join(" ")));
+            verdict.count("stale copies");
+            problems.push(format!(
+                "nodes still disagree on its state {}s after the quiet period: {}",
+                CONVERGENCE.as_secs(),
+                states.join(" ")
+            ));
         }
         let mut wer = None;
         match &job.spec.expect {
@@ -194,7 +202,13 @@ pub fn check(world: &World, jobs: &[Job], wer_threshold: f64) -> Verdict {
         }
         // Takeovers, from the job's history.
         let mut takeovers = Vec::new();
-        let history = world.get_any(&format!("/v1/jobs/{id}/history"));
+        let history_path = format!("/v1/jobs/{id}/history");
+        let history = view["placement"]["owner_node"]
+            .as_str()
+            .and_then(|owner| world.index(owner))
+            .filter(|owner| up.contains(owner))
+            .and_then(|owner| world.get(owner, &history_path))
+            .or_else(|| world.get_any(&history_path));
         if let Some((200, history)) = &history {
             let mut previous = world.names[job.node].clone();
             for event in history["events"].as_array().into_iter().flatten() {
@@ -207,11 +221,10 @@ pub fn check(world: &World, jobs: &[Job], wer_threshold: f64) -> Verdict {
                     continue;
                 };
                 if epoch >= 2 && node != previous {
-                    let cause = faults
-                        .iter()
-                        .filter(|f| f.at_ms <= at)
-                        .filter(|f| f.target == "all" || f.target.split('|').any(|t| t == previous))
-                        .next_back();
+                    let cause = faults.iter().rfind(|f| {
+                        f.at_ms <= at
+                            && (f.target == "all" || f.target.split('|').any(|t| t == previous))
+                    });
                     if let Some(fault) = cause {
                         let from = fault.detected_at_ms.unwrap_or(fault.at_ms).min(at);
                         takeovers.push(json!({
@@ -222,6 +235,30 @@ pub fn check(world: &World, jobs: &[Job], wer_threshold: f64) -> Verdict {
                     }
                 }
                 previous = node.to_owned();
+            }
+        }
+        // A step attempt started twice (same step and attempt number) ran twice at once.
+        if let Some((200, history)) = &history {
+            let mut seen: HashMap<(String, u64), Vec<String>> = HashMap::new();
+            for event in history["events"].as_array().into_iter().flatten() {
+                let started = &event["event"]["step_started"];
+                if let (Some(step), Some(attempt)) =
+                    (started["step"].as_str(), started["attempt"].as_u64())
+                {
+                    seen.entry((step.to_owned(), attempt))
+                        .or_default()
+                        .push(started["node"].as_str().unwrap_or("?").to_owned());
+                }
+            }
+            let mut twice: Vec<String> = seen
+                .into_iter()
+                .filter(|(_, nodes)| nodes.len() > 1)
+                .map(|((step, attempt), nodes)| format!("{step} attempt {attempt} on {nodes:?}"))
+                .collect();
+            twice.sort();
+            if !twice.is_empty() {
+                verdict.count("steps started twice");
+                problems.push(format!("step attempts started twice: {}", twice.join("; ")));
             }
         }
         let latency = job

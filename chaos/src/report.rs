@@ -72,6 +72,8 @@ impl Report<'_> {
             "duplicated (email)",
             "webhook redelivered (same id)",
             "email redelivered (same id)",
+            "stale copies",
+            "steps started twice",
             "jobs with a violation",
         ] {
             let _ = writeln!(out, "{name:<34} {}", self.count(name));

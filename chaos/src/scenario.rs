@@ -262,7 +262,15 @@ fn wait_state(
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     while Instant::now() < deadline {
-        if let Some(view) = world.job(&id) {
+        // The owner's view: other copies may lag.
+        let view = world
+            .owner_of(&id)
+            .and_then(|owner| match world.get(owner, &format!("/v1/jobs/{id}")) {
+                Some((200, view)) => Some(view),
+                _ => None,
+            })
+            .or_else(|| world.job(&id));
+        if let Some(view) = view {
             last = view["state"].as_str().unwrap_or_default().to_owned();
             if last == state || (state == "terminal" && workload::terminal(&last)) {
                 return Ok(());

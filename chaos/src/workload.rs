@@ -217,8 +217,13 @@ pub fn track(world: &World, jobs: &Jobs) {
         .filter_map(|job| job.id.clone())
         .collect();
     for id in pending {
-        let Some(view) = world.job(&id) else { continue };
-        if terminal(view["state"].as_str().unwrap_or_default()) {
+        // Any node that reports it terminal counts: a stale copy elsewhere is the oracle's
+        // business, not a reason to wait.
+        let seen_terminal = world.up().into_iter().any(|i| {
+            matches!(world.get(i, &format!("/v1/jobs/{id}")),
+                Some((200, view)) if terminal(view["state"].as_str().unwrap_or_default()))
+        });
+        if seen_terminal {
             let now = now_ms();
             for job in lock(&jobs.0).iter_mut() {
                 if job.id.as_deref() == Some(id.as_str()) && job.terminal_ms.is_none() {

@@ -235,9 +235,9 @@ impl World {
         let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut links = Vec::new();
         for from in 0..n {
-            for to in 0..n {
+            for (to, &port) in cluster_ports.iter().enumerate() {
                 if from != to {
-                    links.push(Link::start(from, to, cluster_ports[to])?);
+                    links.push(Link::start(from, to, port)?);
                 }
             }
         }

@@ -10,6 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+// Not every test binary uses every helper.
+#[allow(unused_imports)]
 pub use ytcaption_tests::text::{expected_text, fixture, fixtures, normalise, wer, word_errors};
 
 /// The repository root.
