@@ -326,7 +326,7 @@ fn converged_views(
 }
 
 /// How long, from the start of the checks, the views of a job may still disagree.
-const CONVERGENCE: std::time::Duration = std::time::Duration::from_secs(10);
+const CONVERGENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Lists the jobs of every up node: none unknown, none twice for one key.
 fn check_listings(world: &World, jobs: &[Job], verdict: &mut Verdict) {
