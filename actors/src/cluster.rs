@@ -147,6 +147,9 @@ struct View {
     dials: HashMap<String, Dial>,
     /// Member addresses peers told us about.
     heard_of: HashMap<String, String>,
+    /// The node each dialled address led to (a proxy's address differs from what the node
+    /// advertises), so a connected node is not dialled again through another address.
+    dialled: HashMap<String, String>,
     /// When this node last lost its last live peer.
     isolated_since_ms: Option<u64>,
 }
@@ -750,7 +753,11 @@ impl Cluster {
             .collect();
         let handshake = (self.params.down_after.as_millis() as u64).max(1000);
         for target in targets {
-            if target == self.params.advertise || connected.contains(&target) {
+            let reached = view
+                .dialled
+                .get(&target)
+                .is_some_and(|name| view.sessions.values().any(|s| s.name == *name));
+            if target == self.params.advertise || connected.contains(&target) || reached {
                 continue;
             }
             let dial = view.dials.entry(target.clone()).or_default();
