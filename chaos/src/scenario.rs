@@ -275,6 +275,9 @@ fn wait_state(
             if last == state || (state == "terminal" && workload::terminal(&last)) {
                 return Ok(());
             }
+            if workload::terminal(&last) && state != "completed" {
+                return Err(format!("job {label} ended {last} before it was {state}"));
+            }
             let now = ORDER.iter().position(|s| *s == last);
             if let (Some(wanted), Some(now)) = (wanted, now) {
                 if now > wanted {
