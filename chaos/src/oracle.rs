@@ -146,7 +146,9 @@ pub fn check(world: &World, jobs: &[Job], wer_threshold: f64) -> Verdict {
             }
             Expect::Failed => {
                 let code = view["error"]["code"].as_str().unwrap_or_default();
-                if state != "failed" || !code.starts_with("media.") {
+                // An empty body is refused by the downloader before decoding.
+                let clean = code.starts_with("media.") || code == "download.empty";
+                if state != "failed" || !clean {
                     if !crate::workload::terminal(&state) {
                         verdict.count("lost");
                     }
