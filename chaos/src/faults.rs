@@ -113,6 +113,10 @@ fn secs(rng: &mut Rng, lo: u64, hi: u64) -> Duration {
 /// Draws a fault the cluster can take now and runs it to the end.
 pub fn random_fault(world: &World, rng: &mut Rng, weights: &[u32]) {
     let up = world.up();
+    if up.is_empty() {
+        std::thread::sleep(Duration::from_secs(1));
+        return;
+    }
     let mut weights = weights.to_vec();
     // A permanent loss only while fewer than RF-1 are lost and two nodes would remain.
     if world.lost() + 1 >= world.replication_factor || up.len() <= 2 {

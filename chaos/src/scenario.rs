@@ -107,7 +107,9 @@ pub fn run(world: &World, jobs: &Jobs, script: &Script, seed: u64) -> Result<(),
                 for k in 0..count {
                     let spec = JobSpec::random(&mut rng);
                     let up = world.up();
-                    let node = up[rng.index(up.len())];
+                    let Some(&node) = up.get(rng.index(up.len())) else {
+                        return Err(format!("line {line}: no node is up to submit to"));
+                    };
                     let label = format!("{line}.{k}");
                     workload::submit(
                         world,
