@@ -5,7 +5,7 @@ CARGO ?= cargo
 MODELS ?= base tiny.en
 BIN := target/release/ytcaption
 
-.PHONY: demo test model fixtures test-env build lint bench bench-node bench-cluster fuzz clean-fixtures
+.PHONY: demo test model fixtures test-env build lint bench bench-node bench-cluster chaos-smoke fuzz clean-fixtures
 
 ## The main job on the embedded defaults: start a node, transcribe bundled samples through its
 ## HTTP API (upload, wait, print as text and SRT), stop the node.
@@ -44,3 +44,16 @@ bench-node: model build fixtures
 ## Cluster figures: cross-node dispatch overhead, crash and hang detection, takeover time.
 bench-cluster: model build fixtures
 	python3 deploy/bench/cluster.py
+
+## Chaos: a short seeded random run (3 nodes, 15 jobs, 5 faults) and every scripted scenario
+## of chaos/scenarios; reports in target/chaos/ (see chaos/README.md).
+CHAOS = $${CARGO_TARGET_DIR:-target}/release/ytcaption-chaos
+chaos-smoke: model build fixtures
+	$(CARGO) build --release -p ytcaption-chaos
+	mkdir -p target/chaos
+	fail=0; \
+	$(CHAOS) --nodes 3 --jobs 15 --faults 5 --seed 1 --report target/chaos/smoke.json || fail=1; \
+	for s in $$(ls chaos/scenarios); do \
+		$(CHAOS) --scenario $$s --seed 1 --report target/chaos/$$s.json || fail=1; \
+	done; \
+	exit $$fail

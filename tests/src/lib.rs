@@ -9,6 +9,7 @@
 //!   that stores blobs in S3.
 //! - [`smtp`]: aiosmtpd as a Maildir sink ([`smtp::SmtpSink`]), with optional STARTTLS/SMTPS
 //!   and AUTH, and a parser for what it received.
+//! - [`text`]: the known text of the generated clips and word error rate.
 //! - [`tls`]: a throwaway CA and server certificate for test servers.
 
 pub mod cluster;
@@ -16,4 +17,5 @@ pub mod media_server;
 pub mod node;
 pub mod seaweed;
 pub mod smtp;
+pub mod text;
 pub mod tls;

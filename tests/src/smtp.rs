@@ -118,6 +118,52 @@ impl SmtpSink {
         panic!("SmtpSink: aiosmtpd did not start:\n{}", failures.join("\n"))
     }
 
+    /// Plain SMTP on `port` (a sink that comes back where an earlier one was, after an
+    /// outage); retries the bind for a few seconds while the old socket lingers.
+    pub fn start_on(port: u16) -> SmtpSink {
+        let options = SinkOptions::default();
+        let python = venv_python();
+        let dir = tempfile::Builder::new()
+            .prefix("ytcaption-smtp-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("SmtpSink: temporary directory: {e}"));
+        let handler = dir.path().join(format!("{HANDLER_MODULE}.py"));
+        std::fs::write(&handler, HANDLER_SOURCE)
+            .unwrap_or_else(|e| panic!("SmtpSink: writing {}: {e}", handler.display()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = spawn(&python, dir.path(), port, &options, None);
+            match wait_until_serving(&mut child, port, dir.path()) {
+                Ok(()) => {
+                    let stdin = child.stdin.take();
+                    return SmtpSink {
+                        child,
+                        _stdin: stdin,
+                        port,
+                        dir,
+                        cert: None,
+                    };
+                }
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "SmtpSink: aiosmtpd did not start on port {port}: {why}"
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// Kills the server (an outage) and keeps the Maildir: [`Self::messages`] still reads
+    /// what arrived before.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn host(&self) -> &'static str {
         "127.0.0.1"
     }

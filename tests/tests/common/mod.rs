@@ -10,33 +10,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+// Not every test binary uses every helper.
+#[allow(unused_imports)]
+pub use ytcaption_tests::text::{expected_text, fixture, fixtures, normalise, wer, word_errors};
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-pub fn fixtures() -> PathBuf {
-    let dir = repo().join("tests/fixtures/generated");
-    assert!(
-        dir.join("long.wav").is_file(),
-        "test audio is missing: run `make fixtures` (tests/fixtures/make.sh)"
-    );
-    dir
-}
-
-pub fn fixture(name: &str) -> PathBuf {
-    let path = fixtures().join(name);
-    assert!(
-        path.exists(),
-        "missing fixture {}: run `make fixtures`",
-        path.display()
-    );
-    path
-}
-
-/// The known text of a generated clip.
-pub fn expected_text(name: &str) -> String {
-    std::fs::read_to_string(fixture(&format!("{name}.txt"))).unwrap()
 }
 
 /// Names of the single-window clips listed in `tests/fixtures/clips.txt` (`name|engine|text`).
@@ -120,41 +100,6 @@ pub fn transcribe_json(path: &Path, model: &str, extra: &[&str]) -> serde_json::
     serde_json::from_str(&run.stdout).unwrap()
 }
 
-/// Lowercase words with punctuation removed (apostrophes kept inside words).
-pub fn normalise(text: &str) -> Vec<String> {
-    text.to_lowercase()
-        .split(|c: char| c.is_whitespace() || c == '-')
-        .map(|word| {
-            word.chars()
-                .filter(|c| c.is_alphanumeric() || *c == '\'')
-                .collect::<String>()
-                .trim_matches('\'')
-                .to_owned()
-        })
-        .filter(|word| !word.is_empty())
-        .collect()
-}
-
-/// Word-level edit distance and reference length.
-pub fn word_errors(reference: &str, hypothesis: &str) -> (usize, usize) {
-    let (r, h) = (normalise(reference), normalise(hypothesis));
-    let mut previous: Vec<usize> = (0..=h.len()).collect();
-    for (i, rw) in r.iter().enumerate() {
-        let mut current = vec![i + 1; h.len() + 1];
-        for (j, hw) in h.iter().enumerate() {
-            let substitution = previous[j] + usize::from(rw != hw);
-            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
-        }
-        previous = current;
-    }
-    (previous[h.len()], r.len())
-}
-
-pub fn wer(reference: &str, hypothesis: &str) -> f64 {
-    let (errors, words) = word_errors(reference, hypothesis);
-    errors as f64 / words.max(1) as f64
-}
-
 /// Checks the invariants every transcript must hold: segments and words in order, inside
 /// the audio, words inside their segment.
 pub fn assert_well_timed(transcript: &serde_json::Value) {
@@ -192,13 +137,6 @@ pub fn assert_well_timed(transcript: &serde_json::Value) {
             last_word_end = we;
         }
     }
-}
-
-#[test]
-fn word_error_rate_counts_edits_over_reference_words() {
-    assert_eq!(word_errors("The cat, sat.", "the cat sat"), (0, 3));
-    assert_eq!(word_errors("a b c d", "a x c"), (2, 4));
-    assert!((wer("one two", "") - 1.0).abs() < 1e-9);
 }
 
 /// The configuration the node-process tests share: one small transcriber, fast retries,
