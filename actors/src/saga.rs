@@ -378,7 +378,7 @@ async fn turn(
     }
     let limits = ctx.params.limits(step);
     let attempt = state.attempt(step) + 1;
-    if attempt > limits.attempts {
+    if state.counted_attempts(step) + 1 > limits.attempts {
         return exhausted(ctx, &state, step, limits.attempts).await;
     }
     // The node that made the step's input has it at hand (local storage).
@@ -659,7 +659,11 @@ async fn record(
                 _ => None,
             }
             .filter(|_| failure.reason.code == "storage.not_found" && ctx.cluster.is_some());
-            let lost_before = ctx.store.get(id)?.map_or(0, |state| state.lost);
+            let before = ctx.store.get(id)?;
+            let lost_before = before.as_ref().map_or(0, |state| state.lost);
+            let counted = before
+                .as_ref()
+                .map_or(attempt, |state| state.counted_attempts(step));
             let forgiven = lost_before < ytcaption_protocol::job::MAX_LOST;
             if let (Some(input), true) = (lost_input, forgiven) {
                 tracing::warn!(%step, %input, reason = %failure.reason, "step input lost; redoing the step that made it");
@@ -686,7 +690,7 @@ async fn record(
                 });
                 return append(ctx, id, events).await.map(drop);
             }
-            if failure.retryable && attempt < limits.attempts {
+            if failure.retryable && counted < limits.attempts {
                 let delay = ctx.params.backoff.delay(attempt, random_u64());
                 tracing::warn!(%step, attempt, reason = %failure.reason, delay_ms = delay.as_millis() as u64, "step failed; retrying");
                 events.push(Event::StepFailed {

@@ -465,6 +465,9 @@ pub struct JobState {
     /// failed: they do not count against the step's attempt limit, up to [`MAX_LOST`].
     #[serde(default)]
     pub lost: u32,
+    /// Of each step's attempts, those lost to the cluster (attempt numbers still only grow).
+    #[serde(default)]
+    pub forgiven: BTreeMap<Step, u32>,
 }
 
 /// Attempts a job may lose to node failures without counting them (then they count, so a
@@ -501,6 +504,7 @@ impl JobState {
             ran_on: BTreeMap::new(),
             open_step: None,
             lost: 0,
+            forgiven: BTreeMap::new(),
         }
     }
 
@@ -508,10 +512,14 @@ impl JobState {
     fn forgive(&mut self, step: Step) {
         if self.lost < MAX_LOST {
             self.lost += 1;
-            if let Some(count) = self.attempts.get_mut(&step) {
-                *count = count.saturating_sub(1);
-            }
+            *self.forgiven.entry(step).or_insert(0) += 1;
         }
+    }
+
+    /// Attempts of `step` that count against its limit (the current run's, less the lost).
+    pub fn counted_attempts(&self, step: Step) -> u32 {
+        self.attempt(step)
+            .saturating_sub(self.forgiven.get(&step).copied().unwrap_or(0))
     }
 
     /// Folds a whole log; `None` unless it starts with `Accepted`.
@@ -615,6 +623,7 @@ impl JobState {
                 self.gave_up.clear();
                 self.stage = self.resume_stage();
                 self.attempts.clear();
+                self.forgiven.clear();
                 self.error = None;
                 self.finished_at = None;
                 self.failing = None;
