@@ -48,7 +48,7 @@ bench-cluster: model build fixtures
 ## Chaos: a short seeded random run (3 nodes, 15 jobs, 5 faults) and every scripted scenario
 ## of chaos/scenarios; reports in target/chaos/ (see chaos/README.md).
 CHAOS = $${CARGO_TARGET_DIR:-target}/release/ytcaption-chaos
-chaos-smoke: model build fixtures
+chaos-smoke: model build fixtures test-env
 	$(CARGO) build --release -p ytcaption-chaos
 	mkdir -p target/chaos
 	fail=0; \
