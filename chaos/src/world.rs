@@ -178,32 +178,7 @@ pub struct World {
 
 /// The node configuration file.
 fn config(smtp_port: u16, storage: &str) -> String {
-    format!(
-        r#"
-[transcriber]
-workers = 1
-threads = 1
-
-[downloader]
-allow_private = ["127.0.0.1/32"]
-
-[jobs.retry]
-base = "100ms"
-cap = "500ms"
-
-[notify]
-webhook_secret = "{WEBHOOK_SECRET}"
-allow_private = ["127.0.0.1/32"]
-
-[notify.smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-security = "none"
-from = "ytcaption <ytcaption@example.com>"
-
-{storage}
-"#
-    )
+    ytcaption_tests::node::node_config(WEBHOOK_SECRET, smtp_port, storage)
 }
 
 fn s3_config(s3: &SeaweedFs) -> String {

@@ -390,3 +390,35 @@ pub fn read_sse(reader: impl Read) -> Vec<SseEvent> {
     }
     events
 }
+
+/// The configuration the node-process tests and the chaos harness share: one small transcriber, fast retries,
+/// webhooks signed with `webhook_secret`, email to the sink on `smtp_port`, private addresses
+/// allowed (media and hooks are on 127.0.0.1); `extra` is appended (more sections).
+pub fn node_config(webhook_secret: &str, smtp_port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[transcriber]
+workers = 1
+threads = 1
+
+[downloader]
+allow_private = ["127.0.0.1/32"]
+
+[jobs.retry]
+base = "100ms"
+cap = "500ms"
+
+[notify]
+webhook_secret = "{webhook_secret}"
+allow_private = ["127.0.0.1/32"]
+
+[notify.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+security = "none"
+from = "ytcaption <ytcaption@example.com>"
+
+{extra}
+"#
+    )
+}

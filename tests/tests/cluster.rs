@@ -22,7 +22,7 @@ use ytcaption_tests::smtp::SmtpSink;
 const SECRET: &str = "cluster-webhook-secret-0123456789";
 
 fn config(smtp_port: u16) -> String {
-    common::node_config(SECRET, smtp_port, "")
+    ytcaption_tests::node::node_config(SECRET, smtp_port, "")
 }
 
 fn no_env(_: usize) -> Vec<(String, String)> {

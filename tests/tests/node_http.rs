@@ -26,7 +26,7 @@ const SECRET: &str = "test-webhook-secret-0123456789";
 fn config(smtp_port: u16, storage: &str) -> String {
     let ytdlp = common::repo().join(".venv-test/bin/yt-dlp");
     // A top-level key goes before every section; `ytdlp_path` belongs to [downloader].
-    let config = common::node_config(SECRET, smtp_port, storage);
+    let config = ytcaption_tests::node::node_config(SECRET, smtp_port, storage);
     "node_name = \"test-node\"\n".to_owned()
         + &config.replacen(
             "[downloader]\n",
