@@ -182,8 +182,6 @@ pub struct Member {
     /// Why it was last marked down.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub down_reason: Option<String>,
-    #[serde(skip)]
-    node_id: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -638,9 +636,7 @@ impl Cluster {
                     owned_active: 0,
                     started_ms: 0,
                     down_reason: None,
-                    node_id: None,
                 });
-                member.node_id = Some(session.node_id);
                 member.last_heard_ms = now;
                 if member.state != MemberState::Alive {
                     member.state = MemberState::Alive;
@@ -681,7 +677,6 @@ impl Cluster {
         member.state = MemberState::Down;
         member.since_ms = now;
         member.down_reason = Some(reason.to_owned());
-        member.node_id = None;
         self.metrics
             .detection_seconds
             .observe(silent_ms as f64 / 1000.0);
@@ -726,15 +721,12 @@ impl Cluster {
                 }
                 let silent = now.saturating_sub(member.last_heard_ms);
                 if silent > down {
-                    if let Some(id) = member.node_id {
-                        to_close.extend(
-                            view.sessions
-                                .iter()
-                                .filter(|(_, s)| s.name == name)
-                                .map(|(sid, s)| (*sid, s.actor.clone())),
-                        );
-                        let _ = id;
-                    }
+                    to_close.extend(
+                        view.sessions
+                            .iter()
+                            .filter(|(_, s)| s.name == name)
+                            .map(|(sid, s)| (*sid, s.actor.clone())),
+                    );
                     self.mark_down(&mut view, &name, "no heartbeat answer", now);
                     changed = true;
                     continue;
@@ -1096,13 +1088,7 @@ impl Cluster {
             if copy.events.is_empty() {
                 return;
             }
-            let replicate = Replicate {
-                job_id: id.clone(),
-                epoch: copy.state.epoch,
-                events: copy.events,
-                tombstone: None,
-            };
-            if let Err(error) = self.store.adopt(replicate).await {
+            if let Err(error) = self.store.adopt((*copy).into()).await {
                 tracing::warn!(job_id = %id, %error, "could not adopt the newer copy");
             }
         }
@@ -1187,13 +1173,13 @@ impl Cluster {
             if copy.state.epoch > job.epoch {
                 // Someone already took it over; keep its copy and let it drive.
                 if copy.state.owner_node.as_deref() != job.owner_node.as_deref() {
-                    let _ = self.store.adopt(to_replicate(copy)).await;
+                    let _ = self.store.adopt(copy.into()).await;
                     return;
                 }
             }
             epoch = epoch.max(copy.state.epoch);
             if newer && !copy.events.is_empty() {
-                let _ = self.store.adopt(to_replicate(copy)).await;
+                let _ = self.store.adopt(copy.into()).await;
             }
         }
         let event = Event::Owner {
@@ -1356,15 +1342,6 @@ impl Cluster {
                 }
             }
         }
-    }
-}
-
-fn to_replicate(copy: JobCopy) -> Replicate {
-    Replicate {
-        job_id: copy.state.id.clone(),
-        epoch: copy.state.epoch,
-        events: copy.events,
-        tombstone: None,
     }
 }
 

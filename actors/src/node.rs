@@ -467,13 +467,7 @@ impl Node {
         }
         let store = self.inner.store.clone();
         tokio::spawn(async move {
-            let replicate = ytcaption_protocol::cluster::Replicate {
-                job_id: copy.state.id.clone(),
-                epoch: copy.state.epoch,
-                events: copy.events,
-                tombstone: None,
-            };
-            if let Err(error) = store.adopt(replicate).await {
+            if let Err(error) = store.adopt(copy.into()).await {
                 tracing::debug!(%error, "could not refresh a job copy");
             }
         });

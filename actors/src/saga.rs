@@ -677,22 +677,16 @@ async fn record(
                 events.push(Event::Invalidated { step: input, at });
                 return append(ctx, id, events).await.map(drop);
             }
-            let lost = ytcaption_protocol::job::LOST_CODES.contains(&failure.reason.code.as_str());
-            if lost && forgiven {
-                let delay = ctx.params.backoff.delay(1, random_u64());
-                tracing::warn!(%step, attempt, reason = %failure.reason, "step attempt lost with its worker; placing it again");
-                events.push(Event::StepFailed {
-                    step,
-                    attempt,
-                    reason: failure.reason,
-                    retry_at: Some(at + delay.as_millis() as u64),
-                    at,
-                });
-                return append(ctx, id, events).await.map(drop);
-            }
-            if failure.retryable && counted < limits.attempts {
-                let delay = ctx.params.backoff.delay(attempt, random_u64());
-                tracing::warn!(%step, attempt, reason = %failure.reason, delay_ms = delay.as_millis() as u64, "step failed; retrying");
+            // A lost attempt is placed again at once (backoff of a first retry); a failed
+            // one backs off by its attempt number, while attempts remain.
+            let lost = ytcaption_protocol::job::LOST_CODES.contains(&failure.reason.code.as_str())
+                && forgiven;
+            if lost || (failure.retryable && counted < limits.attempts) {
+                let delay = ctx
+                    .params
+                    .backoff
+                    .delay(if lost { 1 } else { attempt }, random_u64());
+                tracing::warn!(%step, attempt, lost, reason = %failure.reason, delay_ms = delay.as_millis() as u64, "step failed; retrying");
                 events.push(Event::StepFailed {
                     step,
                     attempt,

@@ -64,6 +64,18 @@ pub struct JobCopy {
     pub events: Vec<Event>,
 }
 
+impl From<JobCopy> for Replicate {
+    /// A copy to keep, as the node holding `copy` has it.
+    fn from(copy: JobCopy) -> Replicate {
+        Replicate {
+            job_id: copy.state.id,
+            epoch: copy.state.epoch,
+            events: copy.events,
+            tombstone: None,
+        }
+    }
+}
+
 /// An operation forwarded to a job's owner (or, for drain, to a node).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobOp {

@@ -43,6 +43,19 @@ fn submit(node: &NodeProcess, body: &Value) -> String {
     job["id"].as_str().unwrap().to_owned()
 }
 
+/// Submits the 100 s clip with a webhook (`/sink/hook`) and an email: long enough to fault
+/// a node mid-transcription.
+fn submit_long(node: &NodeProcess, media: &MediaServer) -> String {
+    submit(
+        node,
+        &json!({
+            "url": media.url("/files/long.wav"),
+            "webhook_url": media.url("/sink/hook"),
+            "email": "desk@example.com",
+        }),
+    )
+}
+
 /// Polls `node` until the job matches `done`.
 fn wait_job(
     node: &NodeProcess,
@@ -158,14 +171,7 @@ fn kill_9_of_the_owner_mid_transcription_another_node_completes_it_once() {
     let media = MediaServer::start(&common::fixtures());
     let mut cluster = TestCluster::start(3, &config(smtp.port()), no_env);
     cluster.wait_mesh(&[0, 1, 2], Duration::from_secs(20));
-    let id = submit(
-        &cluster.nodes[0],
-        &json!({
-            "url": media.url("/files/long.wav"),
-            "webhook_url": media.url("/sink/hook"),
-            "email": "desk@example.com",
-        }),
-    );
+    let id = submit_long(&cluster.nodes[0], &media);
     wait_transcribing(&cluster.nodes[0], &id);
     std::thread::sleep(Duration::from_millis(500));
     cluster.nodes[0].kill9();
@@ -207,14 +213,7 @@ fn a_paused_owner_is_declared_down_within_3s_and_fenced_when_it_resumes() {
     let media = MediaServer::start(&common::fixtures());
     let cluster = TestCluster::start(3, &config(smtp.port()), no_env);
     cluster.wait_mesh(&[0, 1, 2], Duration::from_secs(20));
-    let id = submit(
-        &cluster.nodes[0],
-        &json!({
-            "url": media.url("/files/long.wav"),
-            "webhook_url": media.url("/sink/hook"),
-            "email": "desk@example.com",
-        }),
-    );
+    let id = submit_long(&cluster.nodes[0], &media);
     wait_transcribing(&cluster.nodes[0], &id);
     let stopped_ms = ytcaption_protocol::time::now_ms();
     cluster.nodes[0].signal("STOP");
@@ -260,14 +259,7 @@ fn draining_a_node_hands_its_jobs_over_and_undrain_restores_it() {
     let cluster = TestCluster::start(2, &config(smtp.port()), no_env);
     cluster.wait_mesh(&[0, 1], Duration::from_secs(20));
     let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
-    let id = submit(
-        n1,
-        &json!({
-            "url": media.url("/files/long.wav"),
-            "webhook_url": media.url("/sink/hook"),
-            "email": "desk@example.com",
-        }),
-    );
+    let id = submit_long(n1, &media);
     wait_transcribing(n1, &id);
     // Drain n1 through n2: the request is forwarded to n1.
     let (status, body) = response(ureq::post(&n2.url("/v1/admin/nodes/n1/drain")).call());
