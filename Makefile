@@ -5,7 +5,7 @@ CARGO ?= cargo
 MODELS ?= base tiny.en
 BIN := target/release/ytcaption
 
-.PHONY: demo test model fixtures test-env build lint bench bench-node bench-cluster chaos-smoke fuzz clean-fixtures
+.PHONY: demo test model fixtures test-env build lint bench bench-node bench-cluster bench-split chaos-smoke fuzz clean-fixtures
 
 ## The main job on the embedded defaults: start a node, transcribe bundled samples through its
 ## HTTP API (upload, wait, print as text and SRT), stop the node.
@@ -45,15 +45,26 @@ bench-node: model build fixtures
 bench-cluster: model build fixtures
 	python3 deploy/bench/cluster.py
 
+## Long media split across 1, 2 and 3 nodes: speed-up, WER, expected speed-up on separate machines.
+bench-split: model build fixtures
+	python3 deploy/bench/split.py
+
 ## Chaos: a short seeded random run (3 nodes, 15 jobs, 5 faults) and every scripted scenario
 ## of chaos/scenarios; reports in target/chaos/ (see chaos/README.md).
 CHAOS = $${CARGO_TARGET_DIR:-target}/release/ytcaption-chaos
 chaos-smoke: model build fixtures test-env
 	$(CARGO) build --release -p ytcaption-chaos
 	mkdir -p target/chaos
-	fail=0; \
-	$(CHAOS) --nodes 3 --jobs 15 --faults 5 --seed 1 --report target/chaos/smoke.json || fail=1; \
+	failed=""; \
+	$(CHAOS) --nodes 3 --jobs 15 --faults 5 --seed 1 --report target/chaos/smoke.json || failed="$$failed smoke"; \
 	for s in $$(ls chaos/scenarios); do \
-		$(CHAOS) --scenario $$s --seed 1 --report target/chaos/$$s.json || fail=1; \
+		$(CHAOS) --scenario $$s --seed 1 --report target/chaos/$$s.json || failed="$$failed $$s"; \
 	done; \
-	exit $$fail
+	if [ -n "$$failed" ]; then \
+		for s in $$failed; do \
+			python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(sys.argv[2] + ":", *r["violations"], sep="\n  ")' \
+				target/chaos/$$s.json $$s || true; \
+		done; \
+		echo "chaos-smoke: FAILED:$$failed (reports in target/chaos/)"; exit 1; \
+	fi; \
+	echo "chaos-smoke: every run passed"

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use ractor::ActorCell;
 use ytcaption_protocol::wire::{StepFailure, StepReply, StepRequest};
 use ytcaption_protocol::{Reason, Source, Step, StepOutput};
 
@@ -72,7 +73,7 @@ impl DownloadWork {
 impl Work for DownloadWork {
     const ROLE: &'static str = ROLE;
 
-    async fn run(&self, request: StepRequest) -> Outcome {
+    async fn run(&self, request: StepRequest, _me: ActorCell) -> Outcome {
         let result = match &request.spec.source {
             Source::Upload { key, bytes, .. } => Ok(StepOutput::Downloaded {
                 media_key: key.clone(),

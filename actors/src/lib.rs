@@ -26,6 +26,7 @@ pub mod node;
 pub mod notifier;
 pub mod notify;
 pub mod saga;
+pub mod split;
 pub mod storage;
 pub mod store;
 pub mod storer;

@@ -218,6 +218,7 @@ impl Node {
         let engines = Arc::new(Engines::new(models_dir, threads));
         let transcribe = Arc::new(TranscribeWork {
             engines: engines.clone(),
+            placement: placement.clone(),
             storage: storage.clone(),
             hub: hub.clone(),
             metrics: metrics.clone(),
@@ -228,6 +229,11 @@ impl Node {
                 min_timeout: jobs.transcribe_timeout_min,
                 max_duration: config.transcriber.max_duration,
                 spool: spool.clone(),
+                split: crate::split::SplitParams {
+                    above: config.transcriber.split_above,
+                    chunk: config.transcriber.split_chunk,
+                    overlap: config.transcriber.split_overlap,
+                },
             },
         });
         let download = Arc::new(DownloadWork {

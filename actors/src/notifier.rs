@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ractor::ActorCell;
 use ytcaption_protocol::wire::{Delivery, StepFailure, StepReply, StepRequest};
 use ytcaption_protocol::{Channel, Reason, Step, StepOutput};
 
@@ -256,7 +257,7 @@ impl NotifyWork {
 impl Work for NotifyWork {
     const ROLE: &'static str = ROLE;
 
-    async fn run(&self, request: StepRequest) -> Outcome {
+    async fn run(&self, request: StepRequest, _me: ActorCell) -> Outcome {
         let (deliveries, pending, smtp_down) = self.notify(&request).await;
         let result = if pending.is_empty() {
             Ok(StepOutput::Notified)

@@ -151,7 +151,12 @@ impl Placement {
         let _ = self.cluster.set(cluster);
     }
 
-    fn try_acquire(self: &Arc<Self>, role: &str, prefer: Option<&str>) -> Option<Lease> {
+    fn try_acquire(
+        self: &Arc<Self>,
+        role: &str,
+        prefer: Option<&str>,
+        idle_only: bool,
+    ) -> Option<Lease> {
         let cluster = self.cluster.get();
         let members = match cluster {
             Some(_) => ractor::pg::get_members(&role.to_owned()),
@@ -169,7 +174,10 @@ impl Placement {
                     let Some(node) = cluster.node_of(&cell) else {
                         continue;
                     };
-                    let Some(idle) = cluster.placeable(&node, role) else {
+                    let Some(idle) = cluster
+                        .placeable(&node, role)
+                        .filter(|idle| !idle_only || *idle > 0)
+                    else {
                         continue;
                     };
                     let limit = cluster.params().max_in_flight_per_peer;
@@ -207,7 +215,7 @@ impl Placement {
     ) -> Option<Lease> {
         loop {
             let freed = self.freed.notified();
-            if let Some(lease) = self.try_acquire(role, prefer) {
+            if let Some(lease) = self.try_acquire(role, prefer, false) {
                 return Some(lease);
             }
             if *cancel.borrow() {
@@ -219,6 +227,31 @@ impl Placement {
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 _ = cancel.changed() => {}
             }
+        }
+    }
+
+    /// A worker of `role` that is idle now (by its node's last report), for work that can
+    /// as well be done by the caller: `None` rather than waiting.
+    pub fn try_idle(self: &Arc<Self>, role: &str) -> Option<Lease> {
+        self.try_acquire(role, None, true)
+    }
+
+    /// Marks `worker` (on this node) busy until the lease is dropped, so that this node
+    /// places nothing else on it meanwhile.
+    pub fn reserve(self: &Arc<Self>, worker: &ActorCell) -> Lease {
+        let node = self
+            .cluster
+            .get()
+            .map(|cluster| cluster.name().to_owned())
+            .unwrap_or_default();
+        let mut busy = self.lock();
+        *busy.workers.entry(worker.get_id()).or_insert(0) += 1;
+        *busy.nodes.entry(node.clone()).or_insert(0) += 1;
+        Lease {
+            placement: self.clone(),
+            id: worker.get_id(),
+            actor: ActorRef::from(worker.clone()),
+            node,
         }
     }
 
@@ -438,19 +471,10 @@ async fn turn(
         } else {
             state.failing.clone()
         },
+        chunk: None,
     };
     let timeout = Duration::from_millis(deadline.saturating_sub(started)) + Duration::from_secs(5);
-    let bytes = match ytcaption_protocol::wire::encode(&request) {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            let reply = failed_reply(id, step, error.code(), error.to_string());
-            record(ctx, id, step, attempt, reply).await?;
-            return Ok(Turn::Continue);
-        }
-    };
-    let call = lease
-        .actor
-        .call(|reply| WorkerMsg::Run(bytes, reply), Some(timeout));
+    let call = call_worker(&lease.actor, &request, timeout, &ctx.metrics);
     // A cancelled job's own notification must not be interrupted by its cancel.
     let already_cancelled = state.cancel_requested;
     let watch_cancel = async {
@@ -474,12 +498,34 @@ async fn turn(
             Turn::Continue
         });
     };
-    let reply = match reply {
+    ctx.metrics
+        .observe_step(step, reply.result.is_ok(), now_ms().saturating_sub(started));
+    record(ctx, id, step, attempt, reply).await?;
+    Ok(Turn::Continue)
+}
+
+/// Sends a step to a worker and waits at most `timeout` for its answer; a worker that is
+/// lost, late or answers garbage gives a failed reply with the reason.
+pub async fn call_worker(
+    worker: &ActorRef<WorkerMsg>,
+    request: &StepRequest,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> StepReply {
+    let (id, step) = (&request.job_id, request.step);
+    let bytes = match ytcaption_protocol::wire::encode(request) {
+        Ok(bytes) => bytes,
+        Err(error) => return failed_reply(id, step, error.code(), error.to_string()),
+    };
+    match worker
+        .call(|reply| WorkerMsg::Run(bytes, reply), Some(timeout))
+        .await
+    {
         Ok(ractor::rpc::CallResult::Success(bytes)) => {
             match ytcaption_protocol::wire::decode::<StepReply>(&bytes) {
                 Ok(reply) => reply,
                 Err(error) => {
-                    ctx.metrics.wire_error(error.code());
+                    metrics.wire_error(error.code());
                     failed_reply(
                         id,
                         step,
@@ -501,11 +547,7 @@ async fn turn(
             "step.worker_lost",
             format!("the {step} worker stopped before answering"),
         ),
-    };
-    ctx.metrics
-        .observe_step(step, reply.result.is_ok(), now_ms().saturating_sub(started));
-    record(ctx, id, step, attempt, reply).await?;
-    Ok(Turn::Continue)
+    }
 }
 
 /// A step used up its attempts. For notify, the channels still pending are given up and the

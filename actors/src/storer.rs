@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use ractor::ActorCell;
 use ytcaption_protocol::job::{job_prefix, transcript_key};
 use ytcaption_protocol::wire::{StepFailure, StepReply, StepRequest};
 use ytcaption_protocol::{Format, JobId, Step, StepOutput, Transcript};
@@ -80,7 +81,7 @@ impl StoreWork {
 impl Work for StoreWork {
     const ROLE: &'static str = ROLE;
 
-    async fn run(&self, request: StepRequest) -> Outcome {
+    async fn run(&self, request: StepRequest, _me: ActorCell) -> Outcome {
         let result = self.store(&request).await;
         let dependency_down = match &result {
             Err(failure) if failure.retryable => Some(failure.reason.to_string()),

@@ -14,10 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use ytcaption_protocol::wire::{StepFailure, StepReply, StepRequest};
+use ractor::ActorCell;
+use ytcaption_protocol::wire::{ChunkRange, StepFailure, StepReply, StepRequest};
 use ytcaption_protocol::{Format, Step, StepOutput, Transcript};
 
-use crate::engine::audio::AudioSource;
+use crate::engine::audio::{AudioSource, SAMPLE_RATE};
 use crate::engine::model::find_runtime_library;
 use crate::engine::{resolve_model, Engine, EngineError, Progress, Stats, TranscribeOptions};
 use crate::hub::Hub;
@@ -97,12 +98,16 @@ pub struct TranscriberParams {
     pub max_duration: Duration,
     /// Where media fetched from remote storage is kept during a step.
     pub spool: PathBuf,
+    /// Long media is split across the cluster (see [`crate::split`]).
+    pub split: crate::split::SplitParams,
 }
 
 /// The transcribe step.
 #[derive(Debug)]
 pub struct TranscribeWork {
     pub engines: Arc<Engines>,
+    /// Where idle Transcribers for the chunks of a long file are found.
+    pub placement: Arc<crate::saga::Placement>,
     pub storage: Storage,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
@@ -120,7 +125,7 @@ fn reply(request: &StepRequest, result: Result<StepOutput, StepFailure>) -> Step
 
 /// A failure's reason code and retryability, from an engine error. Paths of temp files are
 /// not the client's business: messages name "the media" instead.
-fn engine_failure(error: &EngineError, media: &Path) -> StepFailure {
+pub(crate) fn engine_failure(error: &EngineError, media: &Path) -> StepFailure {
     let message = error
         .to_string()
         .replace(&media.display().to_string(), "the media");
@@ -167,7 +172,12 @@ impl TranscribeWork {
         if let Some(path) = self.storage.local_path(media_key) {
             return Ok((path, None));
         }
-        let dest = self.params.spool.join(format!("{}.media", request.job_id));
+        // Chunks of one job may run side by side on one node: one spool file each.
+        let name = match request.chunk {
+            Some(chunk) => format!("{}.{}.media", request.job_id, chunk.index),
+            None => format!("{}.media", request.job_id),
+        };
+        let dest = self.params.spool.join(name);
         self.storage
             .get_to_file(media_key, &dest)
             .await
@@ -175,13 +185,57 @@ impl TranscribeWork {
         Ok((dest.clone(), Some(dest)))
     }
 
-    async fn transcribe(&self, request: &StepRequest) -> Result<StepOutput, StepFailure> {
+    async fn transcribe(
+        &self,
+        request: &StepRequest,
+        me: ActorCell,
+    ) -> Result<StepOutput, StepFailure> {
         let (media, temp) = self.local_media(request).await?;
-        let result = self.transcribe_local(request, &media).await;
+        let result = match request.chunk {
+            Some(chunk) => self.transcribe_chunk(request, &media, chunk).await,
+            None => self.transcribe_whole(request, &media, me).await,
+        };
         if let Some(temp) = temp {
             let _ = tokio::fs::remove_file(temp).await;
         }
-        let (transcript, stats) = result?;
+        result
+    }
+
+    /// One chunk of a long file, for the Transcriber that split it.
+    async fn transcribe_chunk(
+        &self,
+        request: &StepRequest,
+        media: &Path,
+        chunk: ChunkRange,
+    ) -> Result<StepOutput, StepFailure> {
+        let (transcript, _) = self.transcribe_local(request, media, Some(chunk)).await?;
+        let transcript_json = serde_json::to_string(&transcript).map_err(|error| {
+            StepFailure::transient("engine.output", format!("transcript to JSON: {error}"))
+        })?;
+        Ok(StepOutput::Chunk { transcript_json })
+    }
+
+    /// The whole file: here, or split into chunks across the cluster when it is long and
+    /// another Transcriber exists.
+    async fn transcribe_whole(
+        &self,
+        request: &StepRequest,
+        media: &Path,
+        me: ActorCell,
+    ) -> Result<StepOutput, StepFailure> {
+        let started = Instant::now();
+        let split = crate::split::plan(self, request, media).await?;
+        let (transcript, engine_seconds, chunks) = match split {
+            Some(plan) => {
+                let (transcript, chunks) =
+                    crate::split::run(self, request, media, me, plan).await?;
+                (transcript, started.elapsed().as_secs_f64(), chunks)
+            }
+            None => {
+                let (transcript, stats) = self.transcribe_local(request, media, None).await?;
+                (transcript, stats.total_seconds, Vec::new())
+            }
+        };
         let key = ytcaption_protocol::job::transcript_key(&request.job_id, Format::Json);
         let body = Format::Json.render(&transcript).into_bytes();
         self.storage
@@ -191,7 +245,7 @@ impl TranscribeWork {
         if transcript.duration > 0.0 {
             self.metrics
                 .realtime_factor
-                .observe(stats.total_seconds / transcript.duration);
+                .observe(engine_seconds / transcript.duration);
             self.metrics
                 .audio_seconds
                 .inc_by(transcript.duration as u64);
@@ -200,15 +254,19 @@ impl TranscribeWork {
             transcript_key: key,
             duration_s: transcript.duration,
             language: transcript.language.clone(),
-            engine_ms: (stats.total_seconds * 1000.0) as u64,
+            engine_ms: (engine_seconds * 1000.0) as u64,
             segments: transcript.segments.len() as u64,
+            chunks,
         })
     }
 
-    async fn transcribe_local(
+    /// Transcribes `media` (only `chunk` of it, if given) on this node, on a blocking thread.
+    /// Progress is published for whole files only.
+    pub(crate) async fn transcribe_local(
         &self,
         request: &StepRequest,
         media: &Path,
+        chunk: Option<ChunkRange>,
     ) -> Result<(Transcript, Stats), StepFailure> {
         let spec = &request.spec;
         let model = spec
@@ -234,13 +292,7 @@ impl TranscribeWork {
         let saga_deadline = request.deadline_ms;
         let task = tokio::task::spawn_blocking(move || {
             let engine = engines.get(&model)?;
-            let source = AudioSource::open(&media)?;
-            let started = Instant::now();
-            let limit = source.duration_hint().map(|seconds| {
-                params
-                    .min_timeout
-                    .max(Duration::from_secs_f64(seconds * params.per_audio_second))
-            });
+            let mut source = AudioSource::open(&media)?;
             if let Some(seconds) = source.duration_hint() {
                 if seconds > params.max_duration.as_secs_f64() {
                     return Err(EngineError::InvalidOption(format!(
@@ -250,9 +302,21 @@ impl TranscribeWork {
                     )));
                 }
             }
+            if let Some(chunk) = chunk {
+                let sample = |ms: u64| (ms * u64::from(SAMPLE_RATE) / 1000) as usize;
+                source = source.clip(sample(chunk.start_ms), sample(chunk.end_ms))?;
+            }
+            let started = Instant::now();
+            let limit = source.duration_hint().map(|seconds| {
+                params
+                    .min_timeout
+                    .max(Duration::from_secs_f64(seconds * params.per_audio_second))
+            });
             let mut report = |progress: Progress| {
                 if let Some(total) = progress.total.filter(|total| *total > 0.0) {
-                    hub.publish_progress(&id, (progress.done / total * 100.0) as f32);
+                    if chunk.is_none() {
+                        hub.publish_progress(&id, (progress.done / total * 100.0) as f32);
+                    }
                 }
                 let late = limit.is_some_and(|limit| started.elapsed() > limit)
                     || crate::saga::now_ms() > saga_deadline;
@@ -275,8 +339,8 @@ impl TranscribeWork {
 impl Work for TranscribeWork {
     const ROLE: &'static str = ROLE;
 
-    async fn run(&self, request: StepRequest) -> Outcome {
-        let result = self.transcribe(&request).await;
+    async fn run(&self, request: StepRequest, me: ActorCell) -> Outcome {
+        let result = self.transcribe(&request, me).await;
         let dependency_down = match &result {
             Err(failure) if failure.retryable && failure.reason.code.starts_with("storage.") => {
                 Some(failure.reason.to_string())

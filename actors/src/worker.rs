@@ -13,7 +13,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use ytcaption_protocol::wire::{self, StepFailure, StepReply, StepRequest};
 use ytcaption_protocol::JobId;
@@ -128,7 +128,8 @@ pub trait Work: Send + Sync + 'static {
     /// The process group of this role.
     const ROLE: &'static str;
 
-    fn run(&self, request: StepRequest) -> impl Future<Output = Outcome> + Send;
+    /// Runs one step; `me` is the worker actor running it.
+    fn run(&self, request: StepRequest, me: ActorCell) -> impl Future<Output = Outcome> + Send;
 
     fn purge(&self, _job: JobId) -> impl Future<Output = Result<u64, String>> + Send {
         async { Ok(0) }
@@ -172,7 +173,7 @@ impl<W: Work> Actor for Worker<W> {
 
     async fn handle(
         &self,
-        _myself: ActorRef<WorkerMsg>,
+        myself: ActorRef<WorkerMsg>,
         message: WorkerMsg,
         (work, shared): &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -205,7 +206,9 @@ impl<W: Work> Actor for Worker<W> {
                 }
                 let span = tracing::info_span!("step", job_id = %request.job_id, step = %request.step, attempt = request.attempt);
                 shared.mark(W::ROLE, 1);
-                let outcome = tracing::Instrument::instrument(work.run(request), span).await;
+                let outcome =
+                    tracing::Instrument::instrument(work.run(request, myself.get_cell()), span)
+                        .await;
                 shared.mark(W::ROLE, -1);
                 // The caller may have timed out and gone: nothing to do about a closed port.
                 let _ = reply.send(encode_reply(&outcome.reply));

@@ -275,7 +275,12 @@ fn random_run(world: &World, jobs: &Jobs, cli: &Cli, seed: u64, weights: &[u32])
         scope.spawn(move || {
             let mut rng = Rng::new(seed ^ 0x5EED_0FC0_FFEE);
             for k in 0..cli.jobs {
-                let spec = JobSpec::random(&mut rng);
+                // Every tenth job is the long clip, which the nodes split across the cluster.
+                let spec = if k % 10 == 1 {
+                    JobSpec::new("long.wav")
+                } else {
+                    JobSpec::random(&mut rng)
+                };
                 let nodes: Vec<usize> = (0..world.len())
                     .filter(|&i| world.health(i) != world::Health::Lost)
                     .collect();

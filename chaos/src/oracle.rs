@@ -127,6 +127,16 @@ pub fn check(world: &World, jobs: &[Job], wer_threshold: f64) -> Verdict {
                                 &transcript,
                             );
                             wer = Some(rate);
+                            // Long media cut into chunks that several nodes transcribed.
+                            let chunks = view["placement"]["chunks"].as_array();
+                            let nodes: HashSet<&str> = chunks
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|chunk| chunk["node"].as_str())
+                                .collect();
+                            if nodes.len() > 1 {
+                                verdict.count("completed split across nodes");
+                            }
                             if rate > wer_threshold {
                                 problems
                                     .push(format!("transcript WER {rate:.2} > {wer_threshold}"));
@@ -146,8 +156,10 @@ pub fn check(world: &World, jobs: &[Job], wer_threshold: f64) -> Verdict {
             }
             Expect::Failed => {
                 let code = view["error"]["code"].as_str().unwrap_or_default();
-                // An empty body is refused by the downloader before decoding.
-                let clean = code.starts_with("media.") || code == "download.empty";
+                // An empty body, or text posing as media, is refused by the downloader
+                // before decoding.
+                let clean = code.starts_with("media.")
+                    || matches!(code, "download.empty" | "download.not_media");
                 if state != "failed" || !clean {
                     if !crate::workload::terminal(&state) {
                         verdict.count("lost");

@@ -65,6 +65,7 @@ impl Report<'_> {
             "not acknowledged",
             "acknowledged",
             "completed",
+            "completed split across nodes",
             "failed as expected",
             "lost",
             "duplicated (job)",

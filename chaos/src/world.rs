@@ -236,6 +236,9 @@ impl World {
                         ("YTCAPTION_CLUSTER__DISCOVER".into(), "false".into()),
                         ("YTCAPTION_CLUSTER__COOKIE".into(), COOKIE.into()),
                         ("YTCAPTION_CLUSTER__RECONNECT_CAP".into(), "1s".into()),
+                        // long.wav (100 s) is split into chunks across the cluster.
+                        ("YTCAPTION_TRANSCRIBER__SPLIT_ABOVE".into(), "60s".into()),
+                        ("YTCAPTION_TRANSCRIBER__SPLIT_CHUNK".into(), "30s".into()),
                     ];
                     let config = config.clone();
                     scope.spawn(move || {

@@ -293,6 +293,17 @@ pub struct Transcriber {
     /// Longest audio accepted.
     #[serde(with = "dur")]
     pub max_duration: Duration,
+    /// Audio longer than this is cut at quiet points into chunks that idle Transcribers
+    /// across the cluster transcribe side by side; `0s` never splits.
+    #[serde(with = "dur")]
+    pub split_above: Duration,
+    /// Length aimed at for each chunk (each cut lands within a quarter of it).
+    #[serde(with = "dur")]
+    pub split_chunk: Duration,
+    /// Audio added on each side of a chunk, so that no word at a seam is cut; what falls in
+    /// the overlap is kept from the chunk it belongs to.
+    #[serde(with = "dur")]
+    pub split_overlap: Duration,
 }
 
 impl Default for Transcriber {
@@ -305,6 +316,9 @@ impl Default for Transcriber {
             batch_size: 2,
             word_timestamps: true,
             max_duration: hours(6),
+            split_above: mins(10),
+            split_chunk: mins(2),
+            split_overlap: secs(1),
         }
     }
 }

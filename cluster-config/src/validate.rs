@@ -307,6 +307,15 @@ fn check_transcriber(c: &mut Checker, t: &Transcriber) {
     c.name("transcriber.model", &t.model);
     c.positive("transcriber.batch_size", t.batch_size as u64);
     c.positive_duration("transcriber.max_duration", t.max_duration);
+    if t.split_chunk < Duration::from_secs(10) {
+        c.fail("transcriber.split_chunk", "must be at least 10s");
+    }
+    if t.split_overlap * 4 > t.split_chunk {
+        c.fail(
+            "transcriber.split_overlap",
+            "must be at most a quarter of transcriber.split_chunk",
+        );
+    }
 }
 
 fn check_downloader(c: &mut Checker, d: &Downloader) {

@@ -293,12 +293,32 @@ pub enum StepOutput {
         language: String,
         engine_ms: u64,
         segments: u64,
+        /// Long media split across the cluster: where each chunk was transcribed.
+        #[serde(default)]
+        chunks: Vec<ChunkRun>,
     },
     Stored {
         /// Format -> storage key.
         formats: BTreeMap<Format, String>,
     },
     Notified,
+    /// One chunk of a long file, transcribed for the Transcriber that split it (never in a
+    /// job's log): the transcript as JSON, timed from the chunk's start.
+    Chunk {
+        transcript_json: String,
+    },
+}
+
+/// One chunk of a long file that was split across the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkRun {
+    /// The node whose Transcriber transcribed it.
+    pub node: String,
+    /// The stretch it contributed, in seconds of the media.
+    pub start_s: f64,
+    pub end_s: f64,
+    /// Milliseconds from handing it out to its transcript (media fetch included).
+    pub ms: u64,
 }
 
 /// One durable fact about a job. Times are milliseconds since the Unix epoch.

@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::job::{JobId, JobSpec, Reason, Step, StepOutput};
 
 /// The version this build writes and the newest it reads.
-pub const WIRE_VERSION: u16 = 1;
+/// Version 2 added [`StepRequest::chunk`].
+pub const WIRE_VERSION: u16 = 2;
 /// The oldest version this build still reads.
-pub const MIN_WIRE_VERSION: u16 = 1;
+pub const MIN_WIRE_VERSION: u16 = 2;
 const MAGIC: &[u8; 4] = b"ytc\x01";
 /// No single message may exceed this (ractor closes a whole session past 16 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
@@ -44,6 +45,18 @@ pub struct StepRequest {
     /// Notify step only: the job failed for this reason (tell that instead of success).
     #[serde(default)]
     pub failure: Option<Reason>,
+    /// Transcribe step only: transcribe just this stretch of the media, for the Transcriber
+    /// that split a long file across the cluster. The answer is a [`StepOutput::Chunk`].
+    #[serde(default)]
+    pub chunk: Option<ChunkRange>,
+}
+
+/// A stretch of a job's media, in milliseconds from its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRange {
+    pub index: u32,
+    pub start_ms: u64,
+    pub end_ms: u64,
 }
 
 impl StepRequest {
@@ -212,6 +225,11 @@ mod tests {
             give_up_at_ms: None,
             max_attempts: 3,
             failure: None,
+            chunk: Some(ChunkRange {
+                index: 1,
+                start_ms: 599_000,
+                end_ms: 901_500,
+            }),
         }
     }
 

@@ -165,6 +165,92 @@ fn a_job_submitted_at_one_node_is_transcribed_on_another() {
     assert_eq!(status, 404);
 }
 
+/// Splits media longer than 30 s into chunks of about 25 s (one second of overlap).
+fn split_env(_: usize) -> Vec<(String, String)> {
+    vec![
+        ("YTCAPTION_TRANSCRIBER__SPLIT_ABOVE".into(), "30s".into()),
+        ("YTCAPTION_TRANSCRIBER__SPLIT_CHUNK".into(), "25s".into()),
+    ]
+}
+
+#[test]
+fn long_media_is_split_across_the_cluster_and_merged_without_lost_or_doubled_words() {
+    let smtp = SmtpSink::start();
+    let media = MediaServer::start(&common::fixtures());
+    let cluster = TestCluster::start(3, &config(smtp.port()), split_env);
+    cluster.wait_mesh(&[0, 1, 2], Duration::from_secs(20));
+    let n1 = &cluster.nodes[0];
+    let id = submit_long(n1, &media);
+    let done = wait_job(n1, &id, Duration::from_secs(300), terminal);
+    assert_eq!(done["state"], "completed", "{done}\n{}", n1.log());
+
+    // The chunks cover the file end to end, and more than one node transcribed them.
+    let chunks = done["placement"]["chunks"]
+        .as_array()
+        .expect("chunks")
+        .clone();
+    assert!(chunks.len() >= 3, "{done}");
+    let duration = done["duration_s"].as_f64();
+    let mut end = 0.0;
+    for chunk in &chunks {
+        assert_eq!(chunk["start"].as_f64().unwrap(), end, "{chunks:?}");
+        end = chunk["end"].as_f64().unwrap();
+        assert!(end - chunk["start"].as_f64().unwrap() >= 10.0, "{chunks:?}");
+    }
+    if let Some(duration) = duration {
+        assert!((end - duration).abs() < 0.1, "{end} vs {duration}");
+    }
+    let mut nodes: Vec<&str> = chunks.iter().map(|c| c["node"].as_str().unwrap()).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    assert!(nodes.len() >= 2, "all chunks ran on {nodes:?}");
+
+    // One transcript with global times: words in order, none twice at a seam, none lost.
+    let json: Value = ureq::get(&n1.url(&format!("/v1/jobs/{id}/transcript?format=json")))
+        .call()
+        .expect("json transcript")
+        .into_json()
+        .unwrap();
+    let words: Vec<(f64, String)> = json["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|segment| segment["words"].as_array().cloned().unwrap_or_default())
+        .map(|word| {
+            (
+                word["start"].as_f64().unwrap(),
+                word["word"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(words.len() > 100, "{json}");
+    assert!(
+        words.windows(2).all(|pair| pair[1].0 >= pair[0].0 - 0.01),
+        "word times go back: {words:?}"
+    );
+    assert!(
+        words.last().unwrap().0 > 80.0,
+        "times are global: {words:?}"
+    );
+    let reference = common::expected_text("long");
+    let text = transcript(&cluster.nodes[2], &id);
+    let wer = common::wer(&reference, &text);
+    eprintln!(
+        "split over {nodes:?}: {} chunks, WER {wer:.3}",
+        chunks.len()
+    );
+    assert!(wer < 0.2, "wer {wer}: {text}");
+    let (reference_words, said) = (
+        common::normalise(&reference).len() as f64,
+        common::normalise(&text).len() as f64,
+    );
+    assert!(
+        (said - reference_words).abs() / reference_words < 0.1,
+        "{said} words for {reference_words}: words lost or doubled at the seams: {text}"
+    );
+    notified_once(&media, &smtp, "/sink/hook", &id);
+}
+
 #[test]
 fn kill_9_of_the_owner_mid_transcription_another_node_completes_it_once() {
     let smtp = SmtpSink::start();

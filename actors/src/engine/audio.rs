@@ -193,6 +193,8 @@ pub struct AudioSource {
     duration: Option<f64>,
     /// Set once `read` has returned an error: later reads return 0.
     failed: bool,
+    /// Samples still to hand out when the source is [`clipped`](AudioSource::clip).
+    remaining: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -217,6 +219,7 @@ impl AudioSource {
     /// `max == 0` appends nothing and returns 0 without reading. After an error, later calls
     /// return 0.
     pub fn read(&mut self, out: &mut Vec<f32>, max: usize) -> Result<usize, AudioError> {
+        let max = self.remaining.map_or(max, |remaining| remaining.min(max));
         if max == 0 || self.failed {
             return Ok(0);
         }
@@ -224,10 +227,37 @@ impl AudioSource {
             Backend::Symphonia(s) => s.read(out, max),
             Backend::Ffmpeg(f) => f.read(out, max),
         };
-        if result.is_err() {
-            self.failed = true;
+        match &result {
+            Ok(n) => {
+                if let Some(remaining) = &mut self.remaining {
+                    *remaining -= n;
+                }
+            }
+            Err(_) => self.failed = true,
         }
         result
+    }
+
+    /// Only the samples from `start` to `end` (16 kHz sample indices): what comes before is
+    /// decoded and dropped, in bounded pieces. A clip past the end of the stream is empty.
+    pub fn clip(mut self, start: usize, end: usize) -> Result<AudioSource, AudioError> {
+        let mut scratch = Vec::with_capacity(1 << 16);
+        let mut skipped = 0;
+        while skipped < start {
+            scratch.clear();
+            let n = self.read(&mut scratch, (start - skipped).min(1 << 16))?;
+            if n == 0 {
+                break;
+            }
+            skipped += n;
+        }
+        let len = end.saturating_sub(start);
+        self.remaining = Some(len);
+        self.duration = self.duration.map(|total| {
+            (total - start as f64 / f64::from(SAMPLE_RATE))
+                .clamp(0.0, len as f64 / f64::from(SAMPLE_RATE))
+        });
+        Ok(self)
     }
 
     /// Which decoder is used: "symphonia" or "ffmpeg".
@@ -304,6 +334,7 @@ pub(crate) fn open_with_ffmpeg(path: &Path, ffmpeg: &Path) -> Result<AudioSource
                 backend: Backend::Symphonia(stream),
                 duration,
                 failed: false,
+                remaining: None,
             })
         }
         Opened::Fallback(f) => f,
@@ -322,6 +353,7 @@ pub(crate) fn open_with_ffmpeg(path: &Path, ffmpeg: &Path) -> Result<AudioSource
                 backend: Backend::Ffmpeg(stream),
                 duration,
                 failed: false,
+                remaining: None,
             })
         }
         Err(FfmpegOpenError::NotRunnable) => Err(match fallback.if_no_ffmpeg {
@@ -1385,6 +1417,69 @@ mod tests {
         let s = decode_all(&path).unwrap();
         assert_eq!(s.len(), 16_000);
         assert!((s[50] - 5000.0 / 32768.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_clip_hands_out_exactly_its_stretch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ramp.wav");
+        // Sample n holds n / 8 (so positions can be read back), 10 s.
+        let samples: Vec<i16> = (0..160_000).map(|i| (i / 8) as i16).collect();
+        std::fs::write(&path, wav_bytes(16_000, 1, &samples)).unwrap();
+        let mut clip = AudioSource::open(&path)
+            .unwrap()
+            .clip(100_003, 120_003)
+            .unwrap();
+        assert!((clip.duration_hint().unwrap() - 1.25).abs() < 1e-9);
+        let mut out = Vec::new();
+        while clip.read(&mut out, 7_000).unwrap() > 0 {}
+        assert_eq!(out.len(), 20_000);
+        assert_eq!((out[0] * 32768.0).round() as i32, 100_003 / 8);
+        assert_eq!((out[19_999] * 32768.0).round() as i32, 120_002 / 8);
+        // A clip past the end is empty, not an error.
+        let mut late = AudioSource::open(&path)
+            .unwrap()
+            .clip(200_000, 210_000)
+            .unwrap();
+        assert_eq!(late.read(&mut out, 1000).unwrap(), 0);
+    }
+
+    #[test]
+    fn long_audio_is_split_at_its_pauses_end_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("talk.wav");
+        // 100 s of tone with a 0.5 s pause every 7 s.
+        let rate = 16_000usize;
+        let samples: Vec<i16> = (0..100 * rate)
+            .map(|i| {
+                let in_pause = i % (7 * rate) >= 6 * rate + rate / 4
+                    && i % (7 * rate) < 6 * rate + 3 * rate / 4;
+                if in_pause {
+                    0
+                } else {
+                    ((i as f64 * 0.2).sin() * 8_000.0) as i16
+                }
+            })
+            .collect();
+        std::fs::write(&path, wav_bytes(16_000, 1, &samples)).unwrap();
+        let mut source = AudioSource::open(&path).unwrap();
+        let ranges = crate::engine::chunk::plan_splits(&mut source, 20 * rate).unwrap();
+        assert_eq!(ranges.first().unwrap().0, 0);
+        assert_eq!(ranges.last().unwrap().1, 100 * rate);
+        assert!(ranges.len() >= 4 && ranges.len() <= 6, "{ranges:?}");
+        for pair in ranges.windows(2) {
+            assert_eq!(pair[0].1, pair[1].0, "ranges are contiguous");
+            let cut = pair[0].1 % (7 * rate);
+            assert!(
+                (6 * rate + rate / 4..6 * rate + 3 * rate / 4).contains(&cut),
+                "cut at {} s is not in a pause",
+                pair[0].1 as f64 / rate as f64
+            );
+        }
+        for (start, end) in &ranges[..ranges.len() - 1] {
+            let len = end - start;
+            assert!((15 * rate..=25 * rate).contains(&len), "{ranges:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Cutting long audio into windows at quiet points, so windows can be decoded side by side
 //! (batched) instead of one after another.
 
+use super::audio::{AudioError, AudioSource};
 use super::mel::SAMPLE_RATE;
 
 /// Energy is measured over frames of this many samples (20 ms).
@@ -18,10 +19,16 @@ pub fn find_cut(samples: &[f32], min_len: usize, max_len: usize) -> usize {
         .chunks(FRAME)
         .map(|frame| frame.iter().map(|x| x * x).sum::<f32>())
         .collect();
-    let first = min_len / FRAME;
-    let last = (max_len / FRAME).saturating_sub(QUIET_SPAN_FRAMES);
+    quiet_point(&energy, min_len / FRAME, max_len / FRAME)
+        .map_or(max_len, |frame| (frame * FRAME).min(max_len))
+}
+
+/// The frame in the middle of the quietest stretch of `energy` (per 20 ms frame) that lies
+/// between frames `first` and `end`; `None` if that range is too short.
+fn quiet_point(energy: &[f32], first: usize, end: usize) -> Option<usize> {
+    let last = end.min(energy.len()).saturating_sub(QUIET_SPAN_FRAMES);
     if first >= last {
-        return max_len;
+        return None;
     }
     // Sliding sums over QUIET_SPAN_FRAMES frames.
     let sums: Vec<f32> = (first..=last)
@@ -41,8 +48,49 @@ pub fn find_cut(samples: &[f32], min_len: usize, max_len: usize) -> usize {
     while run_end + 1 < sums.len() && sums[run_end + 1] <= tolerance {
         run_end += 1;
     }
-    let centre = first + (run_start + run_end) / 2 + QUIET_SPAN_FRAMES / 2;
-    (centre * FRAME).min(max_len)
+    Some(first + (run_start + run_end) / 2 + QUIET_SPAN_FRAMES / 2)
+}
+
+/// Splits a whole stream into stretches of about `target` samples (from 3/4 to 5/4 of it),
+/// each cut at the quietest point in that range, for transcription side by side. Streams the
+/// audio and keeps one number per 20 ms (1.4 MB for two hours). Returns the sample ranges,
+/// which cover the stream end to end.
+pub fn plan_splits(
+    source: &mut AudioSource,
+    target: usize,
+) -> Result<Vec<(usize, usize)>, AudioError> {
+    let mut energy = Vec::new();
+    let mut buffer = Vec::with_capacity(1 << 16);
+    let (mut sum, mut in_frame, mut total) = (0f32, 0usize, 0usize);
+    loop {
+        buffer.clear();
+        let n = source.read(&mut buffer, 1 << 16)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+        for x in &buffer {
+            sum += x * x;
+            in_frame += 1;
+            if in_frame == FRAME {
+                energy.push(sum);
+                (sum, in_frame) = (0.0, 0);
+            }
+        }
+    }
+    let target = (target / FRAME).max(QUIET_SPAN_FRAMES * 4);
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    while energy.len() - start > target * 5 / 4 {
+        let cut = quiet_point(&energy, start + target * 3 / 4, start + target * 5 / 4)
+            .unwrap_or(start + target);
+        ranges.push((start * FRAME, cut * FRAME));
+        start = cut;
+    }
+    if total > start * FRAME || ranges.is_empty() {
+        ranges.push((start * FRAME, total));
+    }
+    Ok(ranges)
 }
 
 /// Frames quieter than this fraction of the chunk's loud frames (90th percentile) count

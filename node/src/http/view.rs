@@ -82,16 +82,27 @@ pub fn job_view(job: &JobState, step_progress: Option<f32>, base_url: &str) -> V
         .iter()
         .map(|(step, ms)| (step.as_str().to_owned(), json!(ms)))
         .collect();
-    let (language, duration, engine_ms) =
+    let (language, duration, engine_ms, chunks) =
         match job.outputs.get(&ytcaption_protocol::Step::Transcribe) {
             Some(StepOutput::Transcribed {
                 language,
                 duration_s,
                 engine_ms,
+                chunks,
                 ..
-            }) => (Some(language.clone()), Some(*duration_s), Some(*engine_ms)),
-            _ => (None, None, None),
+            }) => (
+                Some(language.clone()),
+                Some(*duration_s),
+                Some(*engine_ms),
+                chunks.as_slice(),
+            ),
+            _ => (None, None, None, &[][..]),
         };
+    // Long media split across the cluster: which node transcribed which stretch.
+    let chunks: Vec<Value> = chunks
+        .iter()
+        .map(|chunk| json!({"node": chunk.node, "start": chunk.start_s, "end": chunk.end_s, "ms": chunk.ms}))
+        .collect();
     // Accepted to finished: end-to-end time on the server's clock.
     let elapsed_ms = job.finished_at.map(|at| at.saturating_sub(job.created_at));
     let channel = |c: &ytcaption_protocol::Channel| match c {
@@ -137,6 +148,7 @@ pub fn job_view(job: &JobState, step_progress: Option<f32>, base_url: &str) -> V
             "owner_node": node,
             "epoch": job.epoch,
             "ran_on": job.ran_on.iter().map(|(step, node)| (step.as_str().to_owned(), json!(node))).collect::<serde_json::Map<_, _>>(),
+            "chunks": chunks,
         })),
     })
 }
@@ -241,6 +253,7 @@ mod tests {
                     language: "en".into(),
                     engine_ms: 900,
                     segments: 3,
+                    chunks: Vec::new(),
                 },
                 at: 1_709_296_499_000,
             },
