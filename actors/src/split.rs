@@ -74,7 +74,8 @@ pub(crate) async fn plan(
     media: &Path,
 ) -> Result<Option<Plan>, StepFailure> {
     let params = work.params.split.clone();
-    if params.above.is_zero() || ractor::pg::get_members(&ROLE.to_owned()).len() < 2 {
+    let transcribers = ractor::pg::get_members(&ROLE.to_owned()).len();
+    if params.above.is_zero() || transcribers < 2 {
         return Ok(None);
     }
     let max_duration = work.params.max_duration;
@@ -88,8 +89,8 @@ pub(crate) async fn plan(
         if seconds <= params.above.as_secs_f64() || seconds > max_duration.as_secs_f64() {
             return Ok(None);
         }
-        let target = (params.chunk.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize;
-        let cuts = chunk::plan_splits(&mut source, target)?;
+        let seconds = chunk_seconds(seconds, params.chunk.as_secs_f64(), transcribers);
+        let cuts = chunk::plan_splits(&mut source, (seconds * f64::from(SAMPLE_RATE)) as usize)?;
         Ok(pieces(&cuts, params.overlap))
     });
     let planned = task.await.map_err(|join| {
@@ -109,6 +110,20 @@ pub(crate) async fn plan(
     }
     Ok(plan)
 }
+
+/// The chunk length aimed at for `seconds` of audio: at most about `longest`, and as many
+/// chunks as a multiple of the cluster's `transcribers`, so that each ends up with about the
+/// same share (10 min on 3 Transcribers: 6 chunks of 100 s rather than 5 of 120 s, of which
+/// one node would do two while another did one).
+fn chunk_seconds(seconds: f64, longest: f64, transcribers: usize) -> f64 {
+    let transcribers = transcribers.max(1);
+    let count = ((seconds / longest).ceil() as usize).max(transcribers);
+    let even = seconds / count.div_ceil(transcribers).saturating_mul(transcribers) as f64;
+    // Never below 10 s: shorter chunks cost more in seams and start-up than they save.
+    even.max(MIN_CHUNK_SECONDS.min(longest))
+}
+
+const MIN_CHUNK_SECONDS: f64 = 10.0;
 
 /// Chunks from sample ranges that cover the file; `None` for fewer than two.
 fn pieces(cuts: &[(usize, usize)], overlap: Duration) -> Option<Plan> {
@@ -458,6 +473,17 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn chunks_come_in_multiples_of_the_transcribers_and_stay_under_the_longest() {
+        assert_eq!(chunk_seconds(600.0, 120.0, 3), 100.0);
+        assert_eq!(chunk_seconds(600.0, 120.0, 2), 100.0);
+        assert_eq!(chunk_seconds(600.0, 120.0, 5), 120.0);
+        assert_eq!(chunk_seconds(100.0, 30.0, 3), 100.0 / 6.0);
+        assert_eq!(chunk_seconds(7200.0, 120.0, 4), 120.0);
+        assert_eq!(chunk_seconds(700.0, 120.0, 0), 700.0 / 6.0);
+        assert_eq!(chunk_seconds(100.0, 30.0, 20), 10.0, "never below 10 s");
     }
 
     #[test]

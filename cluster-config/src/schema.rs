@@ -297,7 +297,8 @@ pub struct Transcriber {
     /// across the cluster transcribe side by side; `0s` never splits.
     #[serde(with = "dur")]
     pub split_above: Duration,
-    /// Length aimed at for each chunk (each cut lands within a quarter of it).
+    /// Longest chunk aimed at. Chunks come in a multiple of the cluster's Transcribers, so
+    /// they may be shorter (never below 10 s); each cut lands within a quarter of the aim.
     #[serde(with = "dur")]
     pub split_chunk: Duration,
     /// Audio added on each side of a chunk, so that no word at a seam is cut; what falls in

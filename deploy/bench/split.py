@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Long media across the cluster (`make bench-split`): one long file (long.wav looped to about
 11 minutes) transcribed on 1, 2 and 3 nodes, every node with one Transcriber of one thread
-(tiny.en). One node transcribes it whole; two and three split it into chunks of about 2
-minutes (the defaults) at quiet points. Prints, per cluster size, the transcribe step's wall
+(tiny.en). One node transcribes it whole; two and three split it at quiet points into
+chunks of at most about 2 minutes (the default), as many as a multiple of the Transcribers. Prints, per cluster size, the transcribe step's wall
 time, the speed-up over one node, the WER against the known text, and where the chunks ran.
 
 These machines have 2 cores, so 3 single-thread nodes share 2 cores. The expected time on
@@ -76,7 +76,7 @@ def main():
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="ytcaption-bench-split-")
     os.environ.setdefault("YTCAPTION_MODELS_DIR", os.path.expanduser("~/.local/share/ytcaption/models"))
-    # Split anything over 5 minutes, in chunks of about 2 minutes (the default).
+    # Split anything over 5 minutes, in chunks of at most about 2 minutes (the default).
     os.environ["YTCAPTION_TRANSCRIBER__SPLIT_ABOVE"] = "5m"
     media_dir = os.path.join(root, "media")
     os.makedirs(media_dir)

@@ -51,10 +51,11 @@ fn quiet_point(energy: &[f32], first: usize, end: usize) -> Option<usize> {
     Some(first + (run_start + run_end) / 2 + QUIET_SPAN_FRAMES / 2)
 }
 
-/// Splits a whole stream into stretches of about `target` samples (from 3/4 to 5/4 of it),
-/// each cut at the quietest point in that range, for transcription side by side. Streams the
-/// audio and keeps one number per 20 ms (1.4 MB for two hours). Returns the sample ranges,
-/// which cover the stream end to end.
+/// Splits a whole stream into stretches of about `target` samples, for transcription side by
+/// side: as many as the stream holds whole targets (at least one), each cut at the quietest
+/// point within a quarter of a target around its even share, so the count is what was
+/// planned. Streams the audio and keeps one number per 20 ms (1.4 MB for two hours).
+/// Returns the sample ranges, which cover the stream end to end.
 pub fn plan_splits(
     source: &mut AudioSource,
     target: usize,
@@ -79,17 +80,23 @@ pub fn plan_splits(
         }
     }
     let target = (target / FRAME).max(QUIET_SPAN_FRAMES * 4);
-    let mut ranges = Vec::new();
+    let count = ((energy.len() as f64 / target as f64).round() as usize).max(1);
+    let share = energy.len() as f64 / count as f64;
+    let mut ranges = Vec::with_capacity(count);
     let mut start = 0;
-    while energy.len() - start > target * 5 / 4 {
-        let cut = quiet_point(&energy, start + target * 3 / 4, start + target * 5 / 4)
-            .unwrap_or(start + target);
+    for i in 1..count {
+        let ideal = (i as f64 * share) as usize;
+        let cut = quiet_point(
+            &energy,
+            (ideal.saturating_sub(target / 4)).max(start + target / 2),
+            ideal + target / 4,
+        )
+        .unwrap_or(ideal)
+        .max(start + 1);
         ranges.push((start * FRAME, cut * FRAME));
         start = cut;
     }
-    if total > start * FRAME || ranges.is_empty() {
-        ranges.push((start * FRAME, total));
-    }
+    ranges.push((start * FRAME, total));
     Ok(ranges)
 }
 
