@@ -26,29 +26,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cluster as bench  # noqa: E402  (the node helpers of deploy/bench/cluster.py)
-
-sys.path.insert(0, os.path.join(bench.REPO, "tests"))
-
-
-def words(text):
-    out = []
-    for raw in text.lower().split():
-        word = "".join(c for c in raw if c.isalnum() or c == "'")
-        if word:
-            out.append(word)
-    return out
-
-
-def wer(reference, hypothesis):
-    ref, hyp = words(reference), words(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h))
-        previous = current
-    return previous[-1] / max(1, len(ref))
+import cluster  # noqa: E402  (the node helpers of deploy/bench/cluster.py)
+from bench import wer  # noqa: E402  (the WER of deploy/bench/bench.py)
 
 
 def makespan(lengths, workers):
@@ -60,18 +39,18 @@ def makespan(lengths, workers):
 
 
 def transcribe(nodes, url):
-    status, job = bench.http("POST", nodes[0].url("/v1/jobs"), {"url": url, "formats": ["txt"]})
+    status, job = cluster.http("POST", nodes[0].url("/v1/jobs"), {"url": url, "formats": ["txt"]})
     assert status == 202, status
-    done = bench.wait_state(nodes[0], job["id"], ("completed", "failed"), timeout=3600)
+    done = cluster.wait_state(nodes[0], job["id"], ("completed", "failed"), timeout=3600)
     assert done["state"] == "completed", done
-    text = bench.urllib.request.urlopen(nodes[0].url(f"/v1/jobs/{job['id']}/transcript?format=txt")).read().decode()
+    text = cluster.urllib.request.urlopen(nodes[0].url(f"/v1/jobs/{job['id']}/transcript?format=txt")).read().decode()
     chunks = (done.get("placement") or {}).get("chunks") or []
     return done["timings_ms"]["transcribe"] / 1000.0, text, chunks, done["duration_s"]
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--binary", default=os.path.join(bench.REPO, "target", "release", "ytcaption"))
+    parser.add_argument("--binary", default=os.path.join(cluster.REPO, "target", "release", "ytcaption"))
     parser.add_argument("--loops", type=int, default=6, help="copies of long.wav in the file")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="ytcaption-bench-split-")
@@ -80,15 +59,15 @@ def main():
     os.environ["YTCAPTION_TRANSCRIBER__SPLIT_ABOVE"] = "5m"
     media_dir = os.path.join(root, "media")
     os.makedirs(media_dir)
-    source = os.path.join(bench.FIXTURES, "long.wav")
+    source = os.path.join(cluster.FIXTURES, "long.wav")
     listing = os.path.join(root, "list.txt")
     with open(listing, "w") as f:
         f.writelines(f"file '{source}'\n" for _ in range(args.loops))
     subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "concat", "-safe", "0", "-i", listing,
                     "-c", "copy", os.path.join(media_dir, "talk.wav")], check=True)
-    with open(os.path.join(bench.FIXTURES, "long.txt")) as f:
+    with open(os.path.join(cluster.FIXTURES, "long.txt")) as f:
         reference = " ".join([f.read()] * args.loops)
-    port = bench.free_port()
+    port = cluster.free_port()
     media = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
                              cwd=media_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/talk.wav"
@@ -97,8 +76,8 @@ def main():
         time.sleep(0.5)
         for n in (1, 2, 3):
             os.makedirs(os.path.join(root, f"c{n}"))
-            nodes = bench.cluster(args.binary, os.path.join(root, f"c{n}"), n) if n > 1 else [
-                bench.Node(args.binary, os.path.join(root, "c1"), "solo", None, 0)]
+            nodes = cluster.cluster(args.binary, os.path.join(root, f"c{n}"), n) if n > 1 else [
+                cluster.Node(args.binary, os.path.join(root, "c1"), "solo", None, 0)]
             try:
                 results[n] = transcribe(nodes, url)
             finally:
