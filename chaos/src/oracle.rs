@@ -26,7 +26,11 @@ pub struct Verdict {
     pub notes: Vec<String>,
     pub counts: BTreeMap<&'static str, usize>,
     pub detection_ms: Vec<u64>,
+    /// Takeovers after the owner was lost to everyone (killed, paused, isolated, restarted).
     pub takeover_ms: Vec<u64>,
+    /// Owner changes after a partition or slow link between two nodes, while the owner was
+    /// still reachable by the rest: not a loss, measured from the fault's start.
+    pub partition_handover_ms: Vec<u64>,
     pub latency_ms: Vec<u64>,
     pub jobs: Vec<Value>,
 }
@@ -245,7 +249,11 @@ pub fn check(world: &World, jobs: &[Job], wer_threshold: f64) -> Verdict {
                             "from": previous, "to": node, "epoch": epoch,
                             "after_fault": fault.kind, "ms": at - from,
                         }));
-                        verdict.takeover_ms.push(at - from);
+                        if matches!(fault.kind.as_str(), "partition" | "slow-link") {
+                            verdict.partition_handover_ms.push(at - from);
+                        } else {
+                            verdict.takeover_ms.push(at - from);
+                        }
                     }
                 }
                 previous = node.to_owned();

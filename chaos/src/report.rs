@@ -100,6 +100,12 @@ impl Report<'_> {
         let _ = writeln!(
             out,
             "{:<34} {}",
+            "owner change after a partition",
+            pct(&self.verdict.partition_handover_ms)
+        );
+        let _ = writeln!(
+            out,
+            "{:<34} {}",
             "job latency (ack to terminal)",
             pct(&self.verdict.latency_ms)
         );
@@ -153,6 +159,7 @@ impl Report<'_> {
             "webhooks_refused_in_outages": *lock(&self.world.hooks.refused),
             "detection": stats(&self.verdict.detection_ms),
             "takeover": stats(&self.verdict.takeover_ms),
+            "partition_handover": stats(&self.verdict.partition_handover_ms),
             "latency": stats(&self.verdict.latency_ms),
             "violations": self.verdict.violations,
             "notes": self.verdict.notes,
