@@ -23,6 +23,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -178,9 +179,11 @@ pub(crate) async fn run(
     let chunks = Chunks {
         queue: Mutex::new((0..plan.pieces.len()).collect()),
         done: Mutex::new(vec![None; plan.pieces.len()]),
+        local_idle: AtomicBool::new(false),
     };
     let started = Instant::now();
     loop {
+        chunks.local_idle.store(false, Ordering::SeqCst);
         let local = async {
             while let Some(index) = chunks.next_local() {
                 let piece = plan.pieces[index];
@@ -195,6 +198,7 @@ pub(crate) async fn run(
                 };
                 chunks.finish(work, request, index, done);
             }
+            chunks.local_idle.store(true, Ordering::SeqCst);
             Ok(())
         };
         let remote = hand_out(work, request, &plan, &chunks);
@@ -243,6 +247,8 @@ pub(crate) async fn run(
 struct Chunks {
     queue: Mutex<VecDeque<usize>>,
     done: Mutex<Vec<Option<Done>>>,
+    /// This node found the queue empty: a chunk put back after that waits for the next round.
+    local_idle: AtomicBool,
 }
 
 /// A transcribed chunk: its transcript, the node that made it, and how long that took.
@@ -273,8 +279,9 @@ impl Chunks {
     }
 }
 
-/// Hands chunks to idle Transcribers until none is left to hand out and every answer is in.
-/// A chunk that fails elsewhere goes back to the front of the queue, for this node.
+/// Hands chunks to idle Transcribers until every answer is in and either none is left or
+/// this node has stopped taking chunks (it takes what is left in the next round). A chunk
+/// that fails elsewhere goes back to the front of the queue, for this node.
 async fn hand_out(
     work: &TranscribeWork,
     request: &StepRequest,
@@ -294,7 +301,8 @@ async fn hand_out(
             };
             calls.push(call_chunk(work, request, plan.pieces[index], lease));
         }
-        if calls.is_empty() && chunks.queue().is_empty() {
+        let settled = chunks.queue().is_empty() || chunks.local_idle.load(Ordering::SeqCst);
+        if calls.is_empty() && settled {
             return Ok(());
         }
         tokio::select! {
