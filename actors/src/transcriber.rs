@@ -303,7 +303,8 @@ impl TranscribeWork {
                 }
             }
             if let Some(chunk) = chunk {
-                let sample = |ms: u64| (ms * u64::from(SAMPLE_RATE) / 1000) as usize;
+                // Ranges come from peers: no overflow on absurd ones (they clip to nothing).
+                let sample = |ms: u64| (ms.saturating_mul(u64::from(SAMPLE_RATE)) / 1000) as usize;
                 source = source.clip(sample(chunk.start_ms), sample(chunk.end_ms))?;
             }
             let started = Instant::now();
