@@ -205,6 +205,8 @@ struct Dial {
 struct View {
     members: BTreeMap<String, Member>,
     sessions: HashMap<u64, Session>,
+    /// Sessions authenticated but not ready yet, by session id: the peer's short name.
+    pending: HashMap<u64, String>,
     dials: HashMap<String, Dial>,
     /// Member addresses peers told us about.
     heard_of: HashMap<String, String>,
@@ -213,6 +215,25 @@ struct View {
     dialled: HashMap<String, String>,
     /// When this node last lost its last live peer.
     isolated_since_ms: Option<u64>,
+    /// When this node last went from a minority back to a majority (see [`quorum`]).
+    majority_since_ms: u64,
+    minority: bool,
+}
+
+impl View {
+    /// Notes a move between the minority and the majority side after a membership change.
+    fn note_majority(&mut self, now: u64) {
+        let alive = self
+            .members
+            .values()
+            .filter(|m| m.state == MemberState::Alive)
+            .count();
+        let minority = !quorum(self.members.len(), alive);
+        if self.minority && !minority {
+            self.majority_since_ms = now;
+        }
+        self.minority = minority;
+    }
 }
 
 /// The cluster as one node sees it; shared by the saga, the JobManager, the HTTP layer.
@@ -235,6 +256,25 @@ pub struct Cluster {
     requests: Arc<Semaphore>,
 }
 
+impl Member {
+    /// A member first met (its session ready) at `now`.
+    fn met(name: &str, now: u64) -> Member {
+        Member {
+            name: name.to_owned(),
+            state: MemberState::Alive,
+            since_ms: now,
+            last_heard_ms: now,
+            cluster_addr: String::new(),
+            http_url: String::new(),
+            draining: false,
+            workers: Vec::new(),
+            owned_active: 0,
+            started_ms: 0,
+            down_reason: None,
+        }
+    }
+}
+
 /// Why the cluster could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cluster: {0}")]
@@ -242,6 +282,9 @@ pub struct ClusterError(String);
 
 #[derive(Debug)]
 enum SessionEvent {
+    /// Authenticated, not ready yet: ractor_cluster closes a duplicate older session to the
+    /// same node right after this, before the new one is ready.
+    Authenticated(NodeServerSessionInformation),
     Ready(NodeServerSessionInformation),
     Down(NodeServerSessionInformation),
 }
@@ -255,7 +298,9 @@ impl NodeEventSubscription for Subscription {
         let _ = self.0.send(SessionEvent::Down(session));
     }
 
-    fn node_session_authenticated(&self, _session: NodeServerSessionInformation) {}
+    fn node_session_authenticated(&self, session: NodeServerSessionInformation) {
+        let _ = self.0.send(SessionEvent::Authenticated(session));
+    }
 
     fn node_session_ready(&self, session: NodeServerSessionInformation) {
         let _ = self.0.send(SessionEvent::Ready(session));
@@ -599,7 +644,15 @@ impl Cluster {
         let now = now_ms();
         let mut view = lock(&self.view);
         match event {
+            SessionEvent::Authenticated(session) => {
+                if let Some(name) = session.peer_name.as_ref() {
+                    view.pending
+                        .insert(session.node_id, short_name(&name.name).to_owned());
+                }
+                return;
+            }
             SessionEvent::Ready(session) => {
+                view.pending.remove(&session.node_id);
                 let Some(name) = session.peer_name.as_ref() else {
                     return;
                 };
@@ -624,19 +677,10 @@ impl Cluster {
                         connection_string,
                     },
                 );
-                let member = view.members.entry(name_short.clone()).or_insert(Member {
-                    name: name_short.clone(),
-                    state: MemberState::Alive,
-                    since_ms: now,
-                    last_heard_ms: now,
-                    cluster_addr: String::new(),
-                    http_url: String::new(),
-                    draining: false,
-                    workers: Vec::new(),
-                    owned_active: 0,
-                    started_ms: 0,
-                    down_reason: None,
-                });
+                let member = view
+                    .members
+                    .entry(name_short.clone())
+                    .or_insert_with(|| Member::met(&name_short, now));
                 member.last_heard_ms = now;
                 if member.state != MemberState::Alive {
                     member.state = MemberState::Alive;
@@ -646,21 +690,32 @@ impl Cluster {
                 view.isolated_since_ms = None;
             }
             SessionEvent::Down(session) => {
-                let Some(closed) = view.sessions.remove(&session.node_id) else {
+                let pending = view.pending.remove(&session.node_id);
+                let Some(closed) = view
+                    .sessions
+                    .remove(&session.node_id)
+                    .map(|closed| closed.name)
+                    .or(pending)
+                else {
                     return;
                 };
-                // Another session to the same node may still be open (simultaneous dials).
+                // Another session to the same node may still be open, or about to be ready
+                // (simultaneous dials: the older session is closed as a duplicate).
                 if view
                     .sessions
                     .values()
-                    .any(|other| other.name == closed.name)
+                    .map(|other| &other.name)
+                    .chain(view.pending.values())
+                    .any(|other| *other == closed)
                 {
+                    tracing::debug!(peer = %closed, "cluster session replaced");
                     return;
                 }
-                tracing::warn!(peer = %closed.name, "cluster session closed");
-                self.mark_down(&mut view, &closed.name, "connection closed", now);
+                tracing::warn!(peer = %closed, "cluster session closed");
+                self.mark_down(&mut view, &closed, "connection closed", now);
             }
         }
+        view.note_majority(now);
         drop(view);
         self.publish_members();
         self.changed.notify_waiters();
@@ -750,6 +805,7 @@ impl Cluster {
                     || now.saturating_sub(member.since_ms) < FORGET_DOWN_AFTER_MS
             });
             changed |= view.members.len() != before;
+            view.note_majority(now);
         }
         for (_, actor) in to_close {
             actor.stop(Some("heartbeat timeout".into()));
@@ -811,6 +867,9 @@ impl Cluster {
             member.workers = info.workers;
             member.owned_active = info.owned_active;
             member.started_ms = info.started_ms;
+            if came_back {
+                view.note_majority(now);
+            }
         }
         if came_back {
             self.publish_members();
@@ -1119,6 +1178,12 @@ impl Cluster {
         if !quorum(known.len(), alive) {
             return;
         }
+        // Back from the minority side (this node was cut off): what it saw go down meanwhile
+        // may be alive, its session not redialled yet. Let the dial loops catch up first.
+        let majority_since = lock(&self.view).majority_since_ms;
+        if now_ms().saturating_sub(majority_since) < self.params.down_after.as_millis() as u64 {
+            return;
+        }
         let orphan_grace = self.params.down_after.as_millis() as u64 * 5 + 10_000;
         let never_seen_is_down = now_ms().saturating_sub(self.started_ms) > orphan_grace;
         let me = self.name().to_owned();
@@ -1164,6 +1229,23 @@ impl Cluster {
         }
     }
 
+    /// Whether `owner` is still down (or unknown) in this node's view, with this node among a
+    /// majority: checked again just before a takeover is written.
+    fn owner_still_lost(&self, owner: Option<&str>) -> bool {
+        let view = lock(&self.view);
+        let alive = view
+            .members
+            .values()
+            .filter(|m| m.state == MemberState::Alive)
+            .count();
+        quorum(view.members.len(), alive)
+            && owner.is_none_or(|owner| {
+                view.members
+                    .get(owner)
+                    .is_none_or(|m| m.state == MemberState::Down)
+            })
+    }
+
     /// Makes this node the owner of `job` with the next epoch, from the freshest copy.
     async fn take_over(self: &Arc<Self>, job: JobState, why: &str) {
         let id = job.id.clone();
@@ -1181,6 +1263,11 @@ impl Cluster {
             if newer && !copy.events.is_empty() {
                 let _ = self.store.adopt(copy.into()).await;
             }
+        }
+        // The lookup took a round trip: the owner may be back (a replaced session, a restart).
+        if !self.owner_still_lost(job.owner_node.as_deref()) {
+            tracing::info!(job_id = %id, from = ?job.owner_node, "takeover dropped: the owner is back");
+            return;
         }
         let event = Event::Owner {
             node: self.name().to_owned(),
@@ -1529,6 +1616,32 @@ mod tests {
         // Five: 3 of 5.
         assert!(quorum(4, 2));
         assert!(!quorum(4, 1));
+    }
+
+    #[test]
+    fn coming_back_from_the_minority_side_is_noted() {
+        let mut view = View::default();
+        for name in ["a", "b"] {
+            view.members.insert(name.into(), Member::met(name, 1));
+        }
+        view.note_majority(10);
+        assert_eq!(view.majority_since_ms, 0, "never in a minority");
+        // Both peers down: alone among three, a minority.
+        for member in view.members.values_mut() {
+            member.state = MemberState::Down;
+        }
+        view.note_majority(20);
+        assert!(view.minority);
+        // One back: a majority again, since then.
+        if let Some(a) = view.members.get_mut("a") {
+            a.state = MemberState::Alive;
+        }
+        view.note_majority(30);
+        assert!(!view.minority);
+        assert_eq!(view.majority_since_ms, 30);
+        // Later changes on the majority side keep the time.
+        view.note_majority(40);
+        assert_eq!(view.majority_since_ms, 30);
     }
 
     #[test]

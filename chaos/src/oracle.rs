@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde_json::{json, Value};
 
 use crate::workload::{Expect, Job};
-use crate::world::{lock, World};
+use crate::world::{lock, FaultRecord, Outage, World};
 
 /// What the oracle found.
 #[derive(Debug, Default)]
@@ -26,13 +26,84 @@ pub struct Verdict {
     pub notes: Vec<String>,
     pub counts: BTreeMap<&'static str, usize>,
     pub detection_ms: Vec<u64>,
-    /// Takeovers after the owner was lost to everyone (killed, paused, isolated, restarted).
-    pub takeover_ms: Vec<u64>,
-    /// Owner changes after a partition or slow link between two nodes, while the owner was
-    /// still reachable by the rest: not a loss, measured from the fault's start.
-    pub partition_handover_ms: Vec<u64>,
+    /// Owner changes by kind, each measured from the detection of the fault that caused it
+    /// (from the fault itself when not measured).
+    pub owner_changes: BTreeMap<OwnerChange, Vec<u64>>,
     pub latency_ms: Vec<u64>,
     pub jobs: Vec<Value>,
+}
+
+/// Why a job's owner changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OwnerChange {
+    /// The owner was cut off from every other node (killed, stopped, isolated) while no more
+    /// nodes were out than the cluster tolerates: the takeover the target is about.
+    Takeover,
+    /// The same, with more nodes out than the cluster tolerates (every node restarted, or a
+    /// node lost for good plus one more in a cluster of three): the survivors are a minority
+    /// or a pair and wait by design.
+    BeyondTolerance,
+    /// A partition or slow link between the owner and one node, the owner still reachable by
+    /// the rest.
+    Partition,
+    /// The owner was reachable by every node: a spurious takeover.
+    OwnerUp,
+}
+
+impl OwnerChange {
+    pub const ALL: [OwnerChange; 4] = [
+        OwnerChange::Takeover,
+        OwnerChange::BeyondTolerance,
+        OwnerChange::Partition,
+        OwnerChange::OwnerUp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OwnerChange::Takeover => "takeover",
+            OwnerChange::BeyondTolerance => "beyond_tolerance",
+            OwnerChange::Partition => "partition",
+            OwnerChange::OwnerUp => "owner_up",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            OwnerChange::Takeover => "takeover time (from detection)",
+            OwnerChange::BeyondTolerance => "takeover, more out than tolerated",
+            OwnerChange::Partition => "owner change after a partition",
+            OwnerChange::OwnerUp => "owner change, owner up (spurious)",
+        }
+    }
+}
+
+/// How long after an outage ends its node's peers may still see it down.
+const OWNER_BACK_GRACE_MS: u64 = 2_000;
+
+fn owner_change_class(
+    world: &World,
+    cause: Option<&FaultRecord>,
+    outage: Option<Outage>,
+    at: u64,
+) -> OwnerChange {
+    match outage {
+        Some(_) => {
+            let everyone = cause.is_some_and(|f| f.target == "all");
+            let tolerated = world.len().saturating_sub(1) / 2;
+            // This owner's outage plus the nodes lost for good before it (this one included
+            // when it is the lost one).
+            let out = world.lost_before(at) + usize::from(!outage.is_some_and(|o| o.lost));
+            if everyone || out > tolerated {
+                OwnerChange::BeyondTolerance
+            } else {
+                OwnerChange::Takeover
+            }
+        }
+        None if cause.is_some_and(|f| matches!(f.kind.as_str(), "partition" | "slow-link")) => {
+            OwnerChange::Partition
+        }
+        None => OwnerChange::OwnerUp,
+    }
 }
 
 impl Verdict {
@@ -243,18 +314,23 @@ pub fn check(world: &World, jobs: &[Job], wer_threshold: f64) -> Verdict {
                         f.at_ms <= at
                             && (f.target == "all" || f.target.split('|').any(|t| t == previous))
                     });
-                    if let Some(fault) = cause {
-                        let from = fault.detected_at_ms.unwrap_or(fault.at_ms).min(at);
-                        takeovers.push(json!({
-                            "from": previous, "to": node, "epoch": epoch,
-                            "after_fault": fault.kind, "ms": at - from,
-                        }));
-                        if matches!(fault.kind.as_str(), "partition" | "slow-link") {
-                            verdict.partition_handover_ms.push(at - from);
-                        } else {
-                            verdict.takeover_ms.push(at - from);
-                        }
-                    }
+                    let outage = world
+                        .index(&previous)
+                        .and_then(|i| world.outage_at(i, at, OWNER_BACK_GRACE_MS));
+                    let class = owner_change_class(world, cause, outage, at);
+                    let from = cause.map_or(at, |fault| {
+                        fault.detected_at_ms.unwrap_or(fault.at_ms).min(at)
+                    });
+                    takeovers.push(json!({
+                        "from": previous, "to": node, "epoch": epoch,
+                        "after_fault": cause.map(|f| f.kind.as_str()),
+                        "class": class.as_str(), "ms": at - from,
+                    }));
+                    verdict
+                        .owner_changes
+                        .entry(class)
+                        .or_default()
+                        .push(at - from);
                 }
                 previous = node.to_owned();
             }

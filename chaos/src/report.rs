@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::oracle::{percentiles, Verdict};
+use crate::oracle::{percentiles, OwnerChange, Verdict};
 use crate::world::{lock, World};
 use crate::Cli;
 
@@ -29,6 +29,13 @@ fn pct(values: &[u64]) -> String {
 }
 
 impl Report<'_> {
+    fn owner_changes(&self, class: OwnerChange) -> &[u64] {
+        self.verdict
+            .owner_changes
+            .get(&class)
+            .map_or(&[][..], Vec::as_slice)
+    }
+
     fn faults_by_kind(&self) -> BTreeMap<String, usize> {
         let mut kinds = BTreeMap::new();
         for fault in lock(&self.world.faults).iter() {
@@ -91,18 +98,18 @@ impl Report<'_> {
             "detection time",
             pct(&self.verdict.detection_ms)
         );
-        let _ = writeln!(
-            out,
-            "{:<34} {}",
-            "takeover time (from detection)",
-            pct(&self.verdict.takeover_ms)
-        );
-        let _ = writeln!(
-            out,
-            "{:<34} {}",
-            "owner change after a partition",
-            pct(&self.verdict.partition_handover_ms)
-        );
+        for class in OwnerChange::ALL {
+            let values = self.verdict.owner_changes.get(&class);
+            // The takeover line always shows; the others only when they happened.
+            if values.is_some() || class == OwnerChange::Takeover {
+                let _ = writeln!(
+                    out,
+                    "{:<34} {}",
+                    class.label(),
+                    pct(values.map_or(&[][..], Vec::as_slice))
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "{:<34} {}",
@@ -158,8 +165,11 @@ impl Report<'_> {
             "counts": self.verdict.counts,
             "webhooks_refused_in_outages": *lock(&self.world.hooks.refused),
             "detection": stats(&self.verdict.detection_ms),
-            "takeover": stats(&self.verdict.takeover_ms),
-            "partition_handover": stats(&self.verdict.partition_handover_ms),
+            "takeover": stats(self.owner_changes(OwnerChange::Takeover)),
+            "owner_changes": OwnerChange::ALL
+                .iter()
+                .map(|class| (class.as_str(), stats(self.owner_changes(*class))))
+                .collect::<BTreeMap<_, _>>(),
             "latency": stats(&self.verdict.latency_ms),
             "violations": self.verdict.violations,
             "notes": self.verdict.notes,

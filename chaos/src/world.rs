@@ -158,6 +158,18 @@ pub struct FaultRecord {
     pub detected_at_ms: Option<u64>,
 }
 
+/// A stretch of time in which a node was cut off from every other node (killed, lost,
+/// stopped or isolated).
+#[derive(Debug, Clone, Copy)]
+pub struct Outage {
+    pub node: usize,
+    pub from_ms: u64,
+    /// When it ended (the node ready again, continued, or its links healed); `None`: ongoing.
+    pub to_ms: Option<u64>,
+    /// Permanent (never restarted).
+    pub lost: bool,
+}
+
 /// The running system.
 #[derive(Debug)]
 pub struct World {
@@ -172,6 +184,7 @@ pub struct World {
     smtp: Mutex<Smtp>,
     _seaweed: Option<SeaweedFs>,
     pub faults: Mutex<Vec<FaultRecord>>,
+    pub outages: Mutex<Vec<Outage>>,
     pub started: Instant,
     pub replication_factor: usize,
 }
@@ -275,6 +288,7 @@ impl World {
             }),
             _seaweed: seaweed,
             faults: Mutex::new(Vec::new()),
+            outages: Mutex::new(Vec::new()),
             started: Instant::now(),
             replication_factor: 2,
         })
@@ -348,18 +362,62 @@ impl World {
     pub fn kill(&self, i: usize) {
         lock(&self.nodes[i]).kill9();
         self.set_health(i, Health::Killed);
+        self.outage_begins(i, false);
     }
 
     /// SIGKILL for good.
     pub fn lose(&self, i: usize) {
         lock(&self.nodes[i]).kill9();
         self.set_health(i, Health::Lost);
+        self.outage_begins(i, true);
     }
 
     /// Starts a killed node again on its data directory and waits until it is ready.
     pub fn restart(&self, i: usize) {
         lock(&self.nodes[i]).restart();
         self.set_health(i, Health::Up);
+        self.outage_ends(i);
+    }
+
+    fn outage_begins(&self, node: usize, lost: bool) {
+        let mut outages = lock(&self.outages);
+        if outages.iter().any(|o| o.node == node && o.to_ms.is_none()) {
+            return;
+        }
+        outages.push(Outage {
+            node,
+            from_ms: now_ms(),
+            to_ms: None,
+            lost,
+        });
+    }
+
+    fn outage_ends(&self, node: usize) {
+        let now = now_ms();
+        for outage in lock(&self.outages).iter_mut() {
+            if outage.node == node && outage.to_ms.is_none() && !outage.lost {
+                outage.to_ms = Some(now);
+            }
+        }
+    }
+
+    /// The outage node `i` was in at `at_ms`, counting `grace_ms` after its end (its peers
+    /// take that long to see it back).
+    pub fn outage_at(&self, i: usize, at_ms: u64, grace_ms: u64) -> Option<Outage> {
+        lock(&self.outages).iter().copied().find(|o| {
+            o.node == i
+                && o.from_ms <= at_ms
+                && o.to_ms
+                    .is_none_or(|to| at_ms <= to.saturating_add(grace_ms))
+        })
+    }
+
+    /// How many nodes were lost for good before `at_ms`.
+    pub fn lost_before(&self, at_ms: u64) -> usize {
+        lock(&self.outages)
+            .iter()
+            .filter(|o| o.lost && o.from_ms <= at_ms)
+            .count()
     }
 
     /// Restarts several nodes at once.
@@ -374,11 +432,13 @@ impl World {
     pub fn stop(&self, i: usize) {
         lock(&self.nodes[i]).signal("STOP");
         self.set_health(i, Health::Stopped);
+        self.outage_begins(i, false);
     }
 
     pub fn cont(&self, i: usize) {
         lock(&self.nodes[i]).signal("CONT");
         self.set_health(i, Health::Up);
+        self.outage_ends(i);
     }
 
     /// Garbage bytes straight to node `i`'s cluster port (not through a proxy).
@@ -426,6 +486,11 @@ impl World {
                 link.set(mode);
             }
         }
+        match mode {
+            Mode::Cut | Mode::Blackhole => self.outage_begins(i, false),
+            Mode::Pass => self.outage_ends(i),
+            Mode::Delay(_) => {}
+        }
     }
 
     /// Every link back to pass.
@@ -433,6 +498,11 @@ impl World {
         for link in &self.links {
             if link.mode() != Mode::Pass {
                 link.set(Mode::Pass);
+            }
+        }
+        for i in 0..self.len() {
+            if self.health(i) == Health::Up {
+                self.outage_ends(i);
             }
         }
     }
