@@ -573,6 +573,21 @@ impl Cluster {
     }
 
     /// The name of the node an actor runs on (`None`: a session we know nothing of).
+    /// Members seen down now (they may hold blob copies a purge cannot reach).
+    pub fn down_names(&self) -> Vec<String> {
+        lock(&self.view)
+            .members
+            .values()
+            .filter(|member| member.state == MemberState::Down)
+            .map(|member| member.name.clone())
+            .collect()
+    }
+
+    /// Whether blobs live on each node (local storage) rather than in one shared bucket.
+    pub fn local_blobs(&self) -> bool {
+        matches!(self.storage, Storage::Local(..))
+    }
+
     pub fn node_of(&self, cell: &ActorCell) -> Option<String> {
         let id = cell.get_id();
         if id.is_local() {
@@ -1409,14 +1424,36 @@ impl Cluster {
                 .map(|formats| formats.values().cloned().collect())
                 .unwrap_or_default()
         };
+        let mut copied = Vec::new();
+        let mut result = Ok(());
         for key in keys {
             match self.storage.ensure_local(&key).await {
-                Ok(true) => {}
-                Ok(false) => return Err(format!("no live node holds {key}")),
-                Err(error) => return Err(format!("copying {key}: {error}")),
+                Ok(true) => copied.push(key),
+                Ok(false) => {
+                    result = Err(format!("no live node holds {key}"));
+                    break;
+                }
+                Err(error) => {
+                    result = Err(format!("copying {key}: {error}"));
+                    break;
+                }
             }
         }
-        Ok(())
+        // A cancel or delete that purged this node while the copy ran would leave the copy
+        // behind: look again, and remove it.
+        let gone = self.store.get(id).ok().flatten().is_none_or(|state| {
+            state.cancel_requested
+                || state.deleted
+                || state.stage == ytcaption_protocol::Stage::Cancelled
+        });
+        if gone {
+            for key in copied {
+                if let Err(error) = self.storage.delete(&key).await {
+                    tracing::warn!(job_id = %id, %key, %error, "could not remove a copy made during a cancel");
+                }
+            }
+        }
+        result
     }
 
     /// A copy handed to this node names it as owner: drive it.

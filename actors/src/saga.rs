@@ -21,7 +21,7 @@ use std::time::Duration;
 use ractor::{ActorCell, ActorId, ActorRef};
 use tokio::sync::{watch, Notify};
 use ytcaption_protocol::wire::{StepReply, StepRequest};
-use ytcaption_protocol::{Event, JobId, JobState, Reason, Step};
+use ytcaption_protocol::{Event, JobId, JobState, Reason, Stage, Step};
 
 use crate::cluster::Cluster;
 use crate::hub::Hub;
@@ -474,7 +474,11 @@ async fn turn(
         chunk: None,
     };
     let timeout = Duration::from_millis(deadline.saturating_sub(started)) + Duration::from_secs(5);
-    let call = call_worker(&lease.actor, &request, timeout, &ctx.metrics);
+    // Its own task: a call abandoned on cancel is still waited for (see `purge_after`).
+    let mut call = {
+        let (actor, metrics) = (lease.actor.clone(), ctx.metrics.clone());
+        tokio::spawn(async move { call_worker(&actor, &request, timeout, &metrics).await })
+    };
     // A cancelled job's own notification must not be interrupted by its cancel.
     let already_cancelled = state.cancel_requested;
     let watch_cancel = async {
@@ -484,9 +488,17 @@ async fn turn(
         watch_for_cancel(ctx, id).await;
     };
     let reply = tokio::select! {
-        reply = call => Some(reply),
-        () = watch_cancel => None,
-        _ = cancel.changed() => None,
+        reply = &mut call => Some(reply.unwrap_or_else(|error| {
+            failed_reply(id, step, "step.worker_lost", format!("the {step} call ended: {error}"))
+        })),
+        () = watch_cancel => {
+            purge_after(ctx, id, call, cancel.clone());
+            None
+        }
+        _ = cancel.changed() => {
+            call.abort();
+            None
+        }
     };
     drop(lease);
     let Some(reply) = reply else {
@@ -502,6 +514,34 @@ async fn turn(
         .observe_step(step, reply.result.is_ok(), now_ms().saturating_sub(started));
     record(ctx, id, step, attempt, reply).await?;
     Ok(Turn::Continue)
+}
+
+/// A step abandoned because its job was cancelled may still write blobs at its worker (media
+/// being downloaded, a transcript being stored) after the cancel purged the job's blobs:
+/// once the worker answers, or the call times out, they are purged again, unless the job
+/// was retried meanwhile.
+fn purge_after(
+    ctx: &Arc<SagaContext>,
+    id: &JobId,
+    call: tokio::task::JoinHandle<StepReply>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (ctx, id) = (ctx.clone(), id.clone());
+    tokio::spawn(async move {
+        let _ = call.await;
+        if !purge_wanted(&ctx, &id) {
+            return;
+        }
+        match purge(&ctx, &id, &mut shutdown).await {
+            Ok(0) => {}
+            Ok(removed) => {
+                tracing::info!(job_id = %id, removed, "cancel: removed blobs a late step wrote")
+            }
+            Err(error) => {
+                tracing::warn!(job_id = %id, %error, "cancel: could not remove a late step's blobs")
+            }
+        }
+    });
 }
 
 /// Sends a step to a worker and waits at most `timeout` for its answer; a worker that is
@@ -760,27 +800,30 @@ async fn compensate(ctx: &Arc<SagaContext>, state: &JobState, cancel: &mut watch
     }
 }
 
-/// Deletes every blob of a job through a Storage worker.
+/// Deletes every blob of a job through a Storage worker: in a cluster, one on every node
+/// (with local storage each node holds its own copies; with S3 the later ones find nothing
+/// left). A node whose worker fails, or that is down now (local storage), is tried again in
+/// the background for up to [`PURGE_RETRY_FOR`]; the answer is an error only when a
+/// reachable worker failed.
 pub async fn purge(
     ctx: &Arc<SagaContext>,
     id: &JobId,
     cancel: &mut watch::Receiver<bool>,
 ) -> Result<u64, String> {
     if let Some(cluster) = &ctx.cluster {
-        // With local storage each node holds its own copies: one storage worker per node
-        // removes them there (with S3 the later ones find nothing left).
-        let mut nodes = std::collections::HashSet::new();
-        let mut removed = 0;
-        for cell in ractor::pg::get_members(&crate::storer::ROLE.to_owned()) {
-            let Some(node) = cluster.node_of(&cell) else {
-                continue;
-            };
-            if !nodes.insert(node) {
-                continue;
-            }
-            removed += call_purge(ctx, &ActorRef::from(cell), id).await?;
+        let (removed, failed) = purge_on_nodes(ctx, cluster, id, None).await;
+        let mut pending: std::collections::HashSet<String> =
+            failed.iter().map(|(node, _)| node.clone()).collect();
+        if cluster.local_blobs() {
+            pending.extend(cluster.down_names());
         }
-        return Ok(removed);
+        if !pending.is_empty() {
+            retry_purge(ctx, id, pending);
+        }
+        return match failed.first() {
+            None => Ok(removed),
+            Some((node, error)) => Err(format!("{node}: {error}")),
+        };
     }
     let Some(lease) = ctx
         .placement
@@ -790,6 +833,83 @@ pub async fn purge(
         return Err("shutting down".into());
     };
     call_purge(ctx, &lease.actor, id).await
+}
+
+/// How long a purge keeps trying the nodes it could not reach.
+const PURGE_RETRY_FOR: Duration = Duration::from_secs(600);
+
+/// Purges `id` through one storage worker per node (only the nodes in `only`, if given).
+/// Returns what was removed and the nodes whose worker failed, with why.
+async fn purge_on_nodes(
+    ctx: &SagaContext,
+    cluster: &Cluster,
+    id: &JobId,
+    only: Option<&std::collections::HashSet<String>>,
+) -> (u64, Vec<(String, String)>) {
+    let mut nodes = std::collections::HashSet::new();
+    let mut removed = 0;
+    let mut failed = Vec::new();
+    for cell in ractor::pg::get_members(&crate::storer::ROLE.to_owned()) {
+        let Some(node) = cluster.node_of(&cell) else {
+            continue;
+        };
+        if only.is_some_and(|only| !only.contains(&node)) || !nodes.insert(node.clone()) {
+            continue;
+        }
+        match call_purge(ctx, &ActorRef::from(cell), id).await {
+            Ok(n) => removed += n,
+            Err(error) => failed.push((node, error)),
+        }
+    }
+    (removed, failed)
+}
+
+/// Keeps purging `id` on the `pending` nodes (failed, or down) until each has answered, the
+/// job is no longer cancelled or deleted (a retry), or [`PURGE_RETRY_FOR`] has passed.
+fn retry_purge(ctx: &Arc<SagaContext>, id: &JobId, mut pending: std::collections::HashSet<String>) {
+    let Some(cluster) = ctx.cluster.clone() else {
+        return;
+    };
+    let (ctx, id) = (ctx.clone(), id.clone());
+    tokio::spawn(async move {
+        let give_up = tokio::time::Instant::now() + PURGE_RETRY_FOR;
+        let mut wait = Duration::from_millis(500);
+        while !pending.is_empty() && tokio::time::Instant::now() < give_up {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+            if !purge_wanted(&ctx, &id) {
+                return;
+            }
+            let reachable: std::collections::HashSet<String> =
+                ractor::pg::get_members(&crate::storer::ROLE.to_owned())
+                    .iter()
+                    .filter_map(|cell| cluster.node_of(cell))
+                    .filter(|node| pending.contains(node))
+                    .collect();
+            if reachable.is_empty() {
+                continue;
+            }
+            let (removed, failed) = purge_on_nodes(&ctx, &cluster, &id, Some(&reachable)).await;
+            for node in &reachable {
+                if !failed.iter().any(|(failed, _)| failed == node) {
+                    pending.remove(node);
+                }
+            }
+            if removed > 0 {
+                tracing::info!(job_id = %id, removed, "purge: removed blobs on a node back since");
+            }
+        }
+        if !pending.is_empty() {
+            tracing::warn!(job_id = %id, nodes = ?pending, "purge: gave up on these nodes; their retention sweep removes the blobs");
+        }
+    });
+}
+
+/// Whether the job's blobs should go: cancelled, deleted, or gone from the log.
+fn purge_wanted(ctx: &SagaContext, id: &JobId) -> bool {
+    ctx.store.get(id).ok().flatten().is_none_or(|state| {
+        state.cancel_requested || state.deleted || state.stage == Stage::Cancelled
+    })
 }
 
 async fn call_purge(

@@ -274,21 +274,39 @@ fn random_run(world: &World, jobs: &Jobs, cli: &Cli, seed: u64, weights: &[u32])
     std::thread::scope(|scope| {
         scope.spawn(move || {
             let mut rng = Rng::new(seed ^ 0x5EED_0FC0_FFEE);
-            for k in 0..cli.jobs {
-                // Every tenth job is the long clip, which the nodes split across the cluster.
-                let spec = if k % 10 == 1 {
-                    JobSpec::new("long.wav")
-                } else {
-                    JobSpec::random(&mut rng)
-                };
-                let nodes: Vec<usize> = (0..world.len())
-                    .filter(|&i| world.health(i) != world::Health::Lost)
-                    .collect();
-                let node = nodes[rng.index(nodes.len())];
-                let key = format!("r{seed:x}-{k}");
-                workload::submit(world, jobs, &key, &format!("j{k}"), spec, node);
-                std::thread::sleep(gap.mul_f64(0.5 + rng.range(0, 100) as f64 / 100.0));
-            }
+            // Cancels draw from their own sequence, so the jobs stay those of earlier versions.
+            let mut cancels = Rng::new(seed ^ 0x000C_A9CE_15ED);
+            std::thread::scope(|cancelling| {
+                for k in 0..cli.jobs {
+                    // Every tenth job is the long clip, which the nodes split across the
+                    // cluster; another tenth is cancelled by the client while it runs.
+                    let mut spec = if k % 10 == 1 {
+                        JobSpec::new("long.wav")
+                    } else {
+                        JobSpec::random(&mut rng)
+                    };
+                    if k % 10 == 6 {
+                        spec.download_delay_ms = cancels.range(0, 3000);
+                        spec.cancel_after_ms = Some(cancels.range(100, 5000));
+                    }
+                    let nodes: Vec<usize> = (0..world.len())
+                        .filter(|&i| world.health(i) != world::Health::Lost)
+                        .collect();
+                    let node = nodes[rng.index(nodes.len())];
+                    let key = format!("r{seed:x}-{k}");
+                    let label = format!("j{k}");
+                    let cancel_after = spec.cancel_after_ms;
+                    workload::submit(world, jobs, &key, &label, spec, node);
+                    if let Some(after) = cancel_after {
+                        let mut rng = Rng::new(cancels.next_u64());
+                        cancelling.spawn(move || {
+                            std::thread::sleep(Duration::from_millis(after));
+                            workload::cancel(world, jobs, &label, &mut rng);
+                        });
+                    }
+                    std::thread::sleep(gap.mul_f64(0.5 + rng.range(0, 100) as f64 / 100.0));
+                }
+            });
         });
         let mut rng = Rng::new(seed);
         let mut injected = 0;

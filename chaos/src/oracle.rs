@@ -77,6 +77,10 @@ impl OwnerChange {
     }
 }
 
+/// How long blobs a cancelled job left may take to go (a node that was down at the cancel is
+/// purged when it is back).
+const ORPHAN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How long after an outage ends its node's peers may still see it down.
 const OWNER_BACK_GRACE_MS: u64 = 2_000;
 
@@ -184,9 +188,50 @@ pub fn check(world: &World, jobs: &[Job], wer_threshold: f64) -> Verdict {
             ));
         }
         let mut wer = None;
+        let cancel_status = job.cancel.as_ref().and_then(|c| c.status);
+        if state == "cancelled" {
+            if job.cancel.is_none() {
+                problems.push("cancelled, but the client never cancelled it".into());
+            } else if cancel_status == Some(409) {
+                problems.push("cancelled, though its cancel was refused as too late (409)".into());
+            }
+            // A cancelled job leaves nothing behind on any node (or in the bucket), once the
+            // purges of nodes that were down at the cancel have caught up.
+            let give_up = std::time::Instant::now() + ORPHAN_WAIT;
+            let leftovers = loop {
+                match world.blobs_of(&id) {
+                    Ok(left) if !left.is_empty() && std::time::Instant::now() < give_up => {
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    }
+                    other => break other,
+                }
+            };
+            match leftovers {
+                Ok(left) if left.is_empty() => {}
+                Ok(left) => {
+                    verdict.count("orphaned blobs after a cancel");
+                    problems.push(format!("blobs left after its cancel: {left:?}"));
+                }
+                Err(error) => problems.push(format!("cannot list its blobs: {error}")),
+            }
+        } else if cancel_status == Some(202) {
+            // Accepted while a last step was finishing: the job may still end as it would
+            // have.
+            verdict.count("cancelled too late (finished)");
+        }
         match &job.spec.expect {
+            _ if state == "cancelled" => {}
             Expect::Completed { text } => {
                 if state == "completed" {
+                    // The blob listing must see a completed job's transcript, or the orphan
+                    // check above would be blind.
+                    match world.blobs_of(&id) {
+                        Ok(keys) if keys.iter().any(|k| k.contains("/transcript.")) => {}
+                        Ok(keys) => problems.push(format!(
+                            "completed, but the blob listing finds no transcript: {keys:?}"
+                        )),
+                        Err(error) => problems.push(format!("cannot list its blobs: {error}")),
+                    }
                     let transcript = up.iter().find_map(|&i| {
                         let url = format!("{}/v1/jobs/{id}/transcript?format=txt", world.urls[i]);
                         ureq::get(&url)
@@ -368,6 +413,7 @@ pub fn check(world: &World, jobs: &[Job], wer_threshold: f64) -> Verdict {
         }
         if problems.is_empty() {
             verdict.count(match job.spec.expect {
+                _ if state == "cancelled" => "cancelled by the client",
                 Expect::Completed { .. } => "completed",
                 Expect::Failed => "failed as expected",
             });
@@ -387,6 +433,9 @@ pub fn check(world: &World, jobs: &[Job], wer_threshold: f64) -> Verdict {
             "owner": view["placement"]["owner_node"], "epoch": view["placement"]["epoch"],
             "ran_on": view["placement"]["ran_on"],
             "wer": wer, "latency_ms": latency,
+            "cancel": job.cancel.as_ref().map(|c| json!({
+                "status": c.status, "node": world.names[c.node], "at_ms": c.at_ms,
+            })),
             "webhooks": mine.len(), "webhook_deliveries": deliveries.len(),
             "webhook_log": mine.iter().map(|h| json!({"delivery": h.delivery, "at_ms": h.at_ms})).collect::<Vec<_>>(),
             "emails": my_mails.len(), "email_ids": message_ids.len(),

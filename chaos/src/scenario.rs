@@ -6,6 +6,7 @@
 //! args --seed 7 --jobs 15 ...      # instead of steps: a random run with these options
 //! submit LABEL FILE [at nK] [delay MS] [slowhook]
 //! jobs N                           # N random jobs at random nodes
+//! cancel LABEL                     # the client cancels the job at a random up node
 //! wait LABEL STATE [TIMEOUT]       # until the job is in STATE (or past it); `terminal`
 //! kill T | lose T | restart T|dead|all | restart-all | garbage T
 //! pause T DUR | isolate T DUR [blackhole] | partition T T DUR | slow T T MS DUR
@@ -121,6 +122,7 @@ pub fn run(world: &World, jobs: &Jobs, script: &Script, seed: u64) -> Result<(),
                     );
                 }
             }
+            "cancel" => workload::cancel(world, jobs, at(1), &mut rng),
             "wait" => {
                 let timeout = if words.len() > 3 {
                     duration(3)?

@@ -59,6 +59,8 @@ pub struct JobSpec {
     pub download_delay_ms: u64,
     /// The webhook receiver takes [`crate::world::SLOW_HOOK`] to answer this job's hook.
     pub slow_hook: bool,
+    /// The client cancels the job this long after its 202, at a random node.
+    pub cancel_after_ms: Option<u64>,
 }
 
 impl JobSpec {
@@ -76,6 +78,7 @@ impl JobSpec {
             expect,
             download_delay_ms: 0,
             slow_hook: false,
+            cancel_after_ms: None,
         }
     }
 
@@ -107,6 +110,17 @@ pub struct Job {
     pub attempts: u32,
     /// Why it was never acknowledged.
     pub rejected: Option<String>,
+    /// What the client's cancel got, when it sent one.
+    pub cancel: Option<CancelAnswer>,
+}
+
+/// The answer to a client's `POST /v1/jobs/{id}/cancel`.
+#[derive(Debug, Clone)]
+pub struct CancelAnswer {
+    /// 202 (cancel requested), 409 (the job had finished), or `None`: no answer in time.
+    pub status: Option<u16>,
+    pub node: usize,
+    pub at_ms: u64,
 }
 
 /// Every job of the run.
@@ -202,7 +216,61 @@ pub fn submit(world: &World, jobs: &Jobs, key: &str, label: &str, spec: JobSpec,
         terminal_ms: None,
         attempts,
         rejected,
+        cancel: None,
     });
+}
+
+/// Cancels the job labelled `label` as a client would: at a random up node, retrying other
+/// nodes on connection errors, 404 (a node the job has not reached yet) and 5xx, for up to a
+/// minute. Records the answer on the job.
+pub fn cancel(world: &World, jobs: &Jobs, label: &str, rng: &mut Rng) {
+    let Some(id) = jobs.id_of(label) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answer = None;
+    let mut node = 0;
+    while Instant::now() < deadline {
+        let up = world.up();
+        if up.is_empty() {
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        node = up[rng.index(up.len())];
+        let url = format!("{}/v1/jobs/{id}/cancel", world.urls[node]);
+        match ureq::post(&url).timeout(Duration::from_secs(15)).call() {
+            Ok(response) => {
+                answer = Some(response.status());
+                break;
+            }
+            Err(ureq::Error::Status(409, _)) => {
+                answer = Some(409);
+                break;
+            }
+            Err(ureq::Error::Status(404 | 429 | 500..=599, _) | ureq::Error::Transport(_)) => {}
+            Err(ureq::Error::Status(status, response)) => {
+                let text = response.into_string().unwrap_or_default();
+                world.say(&format!("cancel of {label} refused: {status} {text}"));
+                answer = Some(status);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    world.say(&format!(
+        "cancel of job {label} at {}: {}",
+        world.names[node],
+        answer.map_or("no answer".to_owned(), |status| status.to_string())
+    ));
+    for job in lock(&jobs.0).iter_mut() {
+        if job.label == label {
+            job.cancel = Some(CancelAnswer {
+                status: answer,
+                node,
+                at_ms: now_ms(),
+            });
+        }
+    }
 }
 
 pub fn terminal(state: &str) -> bool {

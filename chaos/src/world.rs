@@ -182,7 +182,7 @@ pub struct World {
     pub media: MediaServer,
     pub hooks: Arc<HookLog>,
     smtp: Mutex<Smtp>,
-    _seaweed: Option<SeaweedFs>,
+    seaweed: Option<SeaweedFs>,
     pub faults: Mutex<Vec<FaultRecord>>,
     pub outages: Mutex<Vec<Outage>>,
     pub started: Instant,
@@ -194,11 +194,15 @@ fn config(smtp_port: u16, storage: &str) -> String {
     ytcaption_tests::node::node_config(WEBHOOK_SECRET, smtp_port, storage)
 }
 
+/// The nodes' bucket in S3 mode.
+const S3_BUCKET: &str = "ytcaption-chaos";
+
 fn s3_config(s3: &SeaweedFs) -> String {
     format!(
-        "[storage]\nbackend = \"s3\"\n\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\nbucket = \"ytcaption-chaos\"\naccess_key = \"{}\"\nsecret_key = \"{}\"\n",
+        "[storage]\nbackend = \"s3\"\n\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\nbucket = \"{}\"\naccess_key = \"{}\"\nsecret_key = \"{}\"\n",
         s3.endpoint(),
         s3.region,
+        S3_BUCKET,
         s3.access_key(),
         s3.secret_key()
     )
@@ -286,7 +290,7 @@ impl World {
                 retired: Vec::new(),
                 port,
             }),
-            _seaweed: seaweed,
+            seaweed,
             faults: Mutex::new(Vec::new()),
             outages: Mutex::new(Vec::new()),
             started: Instant::now(),
@@ -559,6 +563,49 @@ impl World {
             }
         }
         self.restart_many(&dead);
+    }
+
+    // ---- storage ----
+
+    /// Every blob stored under `jobs/<id>/`, as `node:key` (local storage: every node not lost
+    /// for good; S3: the bucket, as `s3:key`). An error reading a store is returned as such.
+    pub fn blobs_of(&self, id: &str) -> Result<Vec<String>, String> {
+        use ytcaption_actors::storage::Storage as Blobs;
+        let prefix = format!("jobs/{id}/");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio: {e}"))?;
+        runtime.block_on(async {
+            let mut found = Vec::new();
+            if let Some(s3) = &self.seaweed {
+                let storage = Blobs::s3(s3.s3_params(S3_BUCKET))
+                    .await
+                    .map_err(|e| format!("s3: {e}"))?;
+                let keys = storage
+                    .list(&prefix)
+                    .await
+                    .map_err(|e| format!("s3: {e}"))?;
+                found.extend(keys.into_iter().map(|key| format!("s3:{key}")));
+                return Ok(found);
+            }
+            for i in 0..self.len() {
+                if self.health(i) == Health::Lost {
+                    continue;
+                }
+                let root = lock(&self.nodes[i]).data_dir().join("blobs");
+                let storage = Blobs::local(root).map_err(|e| format!("{}: {e}", self.names[i]))?;
+                let keys = storage
+                    .list(&prefix)
+                    .await
+                    .map_err(|e| format!("{}: {e}", self.names[i]))?;
+                found.extend(
+                    keys.into_iter()
+                        .map(|key| format!("{}:{key}", self.names[i])),
+                );
+            }
+            Ok(found)
+        })
     }
 
     // ---- HTTP ----
