@@ -218,6 +218,8 @@ struct View {
     /// When this node last went from a minority back to a majority (see [`quorum`]).
     majority_since_ms: u64,
     minority: bool,
+    /// When the heartbeat last ticked (a long gap: this process was frozen).
+    last_tick_ms: u64,
 }
 
 impl View {
@@ -781,6 +783,24 @@ impl Cluster {
         let mut changed = false;
         {
             let mut view = lock(&self.view);
+            // A node that was itself frozen (SIGSTOP, a VM pause, swapping) heard nothing
+            // meanwhile: that silence is its own, so its peers get a fresh window instead of
+            // being declared down on resume (a resumed node took over a live peer's jobs).
+            let gap = now.saturating_sub(view.last_tick_ms);
+            let stalled_after =
+                (down / 2).max(4 * self.params.heartbeat_interval.as_millis() as u64);
+            if view.last_tick_ms != 0 && gap > stalled_after {
+                tracing::warn!(
+                    gap_ms = gap,
+                    "this node was frozen; peers get a fresh heartbeat window"
+                );
+                for member in view.members.values_mut() {
+                    if member.state != MemberState::Down {
+                        member.last_heard_ms = now;
+                    }
+                }
+            }
+            view.last_tick_ms = now;
             let names: Vec<String> = view.members.keys().cloned().collect();
             for name in names {
                 let Some(member) = view.members.get(&name) else {

@@ -39,9 +39,10 @@ pub enum OwnerChange {
     /// The owner was cut off from every other node (killed, stopped, isolated) while no more
     /// nodes were out than the cluster tolerates: the takeover the target is about.
     Takeover,
-    /// The same, with more nodes out than the cluster tolerates (every node restarted, or a
-    /// node lost for good plus one more in a cluster of three): the survivors are a minority
-    /// or a pair and wait by design.
+    /// Any owner change while more nodes were out than the cluster tolerates (every node
+    /// restarted, or a node lost for good plus one more cut off in a cluster of three): the
+    /// survivors are a minority, or a pair once the lost node is forgotten, and act by the
+    /// rules for those.
     BeyondTolerance,
     /// A partition or slow link between the owner and one node, the owner still reachable by
     /// the rest.
@@ -90,19 +91,15 @@ fn owner_change_class(
     outage: Option<Outage>,
     at: u64,
 ) -> OwnerChange {
+    // Every node cut off at that moment (the owner, the taker, one lost for good), or all
+    // of them restarted together.
+    let tolerated = world.len().saturating_sub(1) / 2;
+    let everyone = cause.is_some_and(|f| f.target == "all");
+    if everyone || world.out_at(at, OWNER_BACK_GRACE_MS) > tolerated {
+        return OwnerChange::BeyondTolerance;
+    }
     match outage {
-        Some(_) => {
-            let everyone = cause.is_some_and(|f| f.target == "all");
-            let tolerated = world.len().saturating_sub(1) / 2;
-            // This owner's outage plus the nodes lost for good before it (this one included
-            // when it is the lost one).
-            let out = world.lost_before(at) + usize::from(!outage.is_some_and(|o| o.lost));
-            if everyone || out > tolerated {
-                OwnerChange::BeyondTolerance
-            } else {
-                OwnerChange::Takeover
-            }
-        }
+        Some(_) => OwnerChange::Takeover,
         None if cause.is_some_and(|f| matches!(f.kind.as_str(), "partition" | "slow-link")) => {
             OwnerChange::Partition
         }

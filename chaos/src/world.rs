@@ -416,11 +416,11 @@ impl World {
         })
     }
 
-    /// How many nodes were lost for good before `at_ms`.
-    pub fn lost_before(&self, at_ms: u64) -> usize {
-        lock(&self.outages)
-            .iter()
-            .filter(|o| o.lost && o.from_ms <= at_ms)
+    /// How many distinct nodes were in an outage at `at_ms` (lost ones included), counting
+    /// `grace_ms` after each end.
+    pub fn out_at(&self, at_ms: u64, grace_ms: u64) -> usize {
+        (0..self.len())
+            .filter(|&i| self.outage_at(i, at_ms, grace_ms).is_some())
             .count()
     }
 
