@@ -364,16 +364,17 @@ impl World {
 
     /// SIGKILL; the node stays down until [`Self::restart`].
     pub fn kill(&self, i: usize) {
+        // Noted first: its peers can see it gone and take over before `kill9` returns.
+        self.outage_begins(i, false);
         lock(&self.nodes[i]).kill9();
         self.set_health(i, Health::Killed);
-        self.outage_begins(i, false);
     }
 
     /// SIGKILL for good.
     pub fn lose(&self, i: usize) {
+        self.outage_begins(i, true);
         lock(&self.nodes[i]).kill9();
         self.set_health(i, Health::Lost);
-        self.outage_begins(i, true);
     }
 
     /// Starts a killed node again on its data directory and waits until it is ready.
@@ -434,9 +435,9 @@ impl World {
     }
 
     pub fn stop(&self, i: usize) {
+        self.outage_begins(i, false);
         lock(&self.nodes[i]).signal("STOP");
         self.set_health(i, Health::Stopped);
-        self.outage_begins(i, false);
     }
 
     pub fn cont(&self, i: usize) {
@@ -485,15 +486,16 @@ impl World {
 
     /// Every link to or from `i`.
     pub fn isolate(&self, i: usize, mode: Mode) {
+        if matches!(mode, Mode::Cut | Mode::Blackhole) {
+            self.outage_begins(i, false);
+        }
         for link in &self.links {
             if link.from == i || link.to == i {
                 link.set(mode);
             }
         }
-        match mode {
-            Mode::Cut | Mode::Blackhole => self.outage_begins(i, false),
-            Mode::Pass => self.outage_ends(i),
-            Mode::Delay(_) => {}
+        if mode == Mode::Pass {
+            self.outage_ends(i);
         }
     }
 
