@@ -309,6 +309,10 @@ impl NodeEventSubscription for Subscription {
     }
 }
 
+/// A closed session makes its member down only if no new session to it is up this soon
+/// after (the peer may have closed it as a duplicate of one still authenticating here).
+const SESSION_CLOSE_GRACE: Duration = Duration::from_millis(300);
+
 /// Members down this long are forgotten: they no longer count towards the majority.
 const FORGET_DOWN_AFTER_MS: u64 = 10 * 60 * 1000;
 
@@ -728,8 +732,37 @@ impl Cluster {
                     tracing::debug!(peer = %closed, "cluster session replaced");
                     return;
                 }
+                // Suspect at once (no new work goes there), down unless a new session is up
+                // within the grace: the peer may have closed this one as a duplicate of one
+                // our dial is still authenticating.
                 tracing::warn!(peer = %closed, "cluster session closed");
-                self.mark_down(&mut view, &closed, "connection closed", now);
+                if let Some(member) = view.members.get_mut(&closed) {
+                    if member.state == MemberState::Alive {
+                        member.state = MemberState::Suspect;
+                        member.since_ms = now;
+                    }
+                }
+                let cluster = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(SESSION_CLOSE_GRACE).await;
+                    let now = now_ms();
+                    {
+                        let mut view = lock(&cluster.view);
+                        let back = view
+                            .sessions
+                            .values()
+                            .map(|other| &other.name)
+                            .chain(view.pending.values())
+                            .any(|other| *other == closed);
+                        if back {
+                            return;
+                        }
+                        cluster.mark_down(&mut view, &closed, "connection closed", now);
+                        view.note_majority(now);
+                    }
+                    cluster.publish_members();
+                    cluster.changed.notify_waiters();
+                });
             }
         }
         view.note_majority(now);

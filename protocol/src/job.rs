@@ -494,8 +494,11 @@ pub struct JobState {
 /// medium that kills nodes still ends).
 pub const MAX_LOST: u32 = 10;
 
-/// Failure codes of attempts lost to the cluster, not to the step itself.
-pub const LOST_CODES: [&str; 2] = ["step.worker_lost", "step.input_lost"];
+/// Failure codes of attempts lost to the cluster, not to the step itself. A worker's
+/// `cluster.stale_epoch` refusal answers a request sent under an older owner: the job either
+/// moved on to this node at a newer epoch (the step runs again under it) or to another node
+/// (the driver learns it is fenced at its next append), never a reason to fail the job.
+pub const LOST_CODES: [&str; 3] = ["step.worker_lost", "step.input_lost", "cluster.stale_epoch"];
 
 impl JobState {
     /// The state after the `Accepted` event.
