@@ -223,14 +223,28 @@ struct View {
 }
 
 impl View {
-    /// Notes a move between the minority and the majority side after a membership change.
-    fn note_majority(&mut self, now: u64) {
+    /// See [`Cluster::has_quorum`].
+    fn has_quorum(&self) -> bool {
         let alive = self
             .members
             .values()
             .filter(|m| m.state == MemberState::Alive)
             .count();
-        let minority = !quorum(self.members.len(), alive);
+        quorum(self.members.len(), alive)
+    }
+
+    /// Whether a session to `name` is ready or authenticated.
+    fn connected_to(&self, name: &str) -> bool {
+        self.sessions
+            .values()
+            .map(|session| &session.name)
+            .chain(self.pending.values())
+            .any(|other| other == name)
+    }
+
+    /// Notes a move between the minority and the majority side after a membership change.
+    fn note_majority(&mut self, now: u64) {
+        let minority = !self.has_quorum();
         if self.minority && !minority {
             self.majority_since_ms = now;
         }
@@ -549,13 +563,7 @@ impl Cluster {
     /// a majority of the members it knows (itself included) alive. In a pair there is no
     /// majority to be had, and each side carries on alone.
     pub fn has_quorum(&self) -> bool {
-        let view = lock(&self.view);
-        let alive = view
-            .members
-            .values()
-            .filter(|member| member.state == MemberState::Alive)
-            .count();
-        quorum(view.members.len(), alive)
+        lock(&self.view).has_quorum()
     }
 
     /// Peers that answer heartbeats.
@@ -578,7 +586,6 @@ impl Cluster {
             .collect()
     }
 
-    /// The name of the node an actor runs on (`None`: a session we know nothing of).
     /// Members seen down now (they may hold blob copies a purge cannot reach).
     pub fn down_names(&self) -> Vec<String> {
         lock(&self.view)
@@ -594,6 +601,7 @@ impl Cluster {
         matches!(self.storage, Storage::Local(..))
     }
 
+    /// The name of the node an actor runs on (`None`: a session we know nothing of).
     pub fn node_of(&self, cell: &ActorCell) -> Option<String> {
         let id = cell.get_id();
         if id.is_local() {
@@ -722,13 +730,7 @@ impl Cluster {
                 };
                 // Another session to the same node may still be open, or about to be ready
                 // (simultaneous dials: the older session is closed as a duplicate).
-                if view
-                    .sessions
-                    .values()
-                    .map(|other| &other.name)
-                    .chain(view.pending.values())
-                    .any(|other| *other == closed)
-                {
+                if view.connected_to(&closed) {
                     tracing::debug!(peer = %closed, "cluster session replaced");
                     return;
                 }
@@ -748,13 +750,7 @@ impl Cluster {
                     let now = now_ms();
                     {
                         let mut view = lock(&cluster.view);
-                        let back = view
-                            .sessions
-                            .values()
-                            .map(|other| &other.name)
-                            .chain(view.pending.values())
-                            .any(|other| *other == closed);
-                        if back {
+                        if view.connected_to(&closed) {
                             return;
                         }
                         cluster.mark_down(&mut view, &closed, "connection closed", now);
@@ -1301,12 +1297,7 @@ impl Cluster {
     /// majority: checked again just before a takeover is written.
     fn owner_still_lost(&self, owner: Option<&str>) -> bool {
         let view = lock(&self.view);
-        let alive = view
-            .members
-            .values()
-            .filter(|m| m.state == MemberState::Alive)
-            .count();
-        quorum(view.members.len(), alive)
+        view.has_quorum()
             && owner.is_none_or(|owner| {
                 view.members
                     .get(owner)
@@ -1494,11 +1485,12 @@ impl Cluster {
         }
         // A cancel or delete that purged this node while the copy ran would leave the copy
         // behind: look again, and remove it.
-        let gone = self.store.get(id).ok().flatten().is_none_or(|state| {
-            state.cancel_requested
-                || state.deleted
-                || state.stage == ytcaption_protocol::Stage::Cancelled
-        });
+        let gone = self
+            .store
+            .get(id)
+            .ok()
+            .flatten()
+            .is_none_or(|state| state.blobs_unwanted());
         if gone {
             for key in copied {
                 if let Err(error) = self.storage.delete(&key).await {

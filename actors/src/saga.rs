@@ -21,7 +21,7 @@ use std::time::Duration;
 use ractor::{ActorCell, ActorId, ActorRef};
 use tokio::sync::{watch, Notify};
 use ytcaption_protocol::wire::{StepReply, StepRequest};
-use ytcaption_protocol::{Event, JobId, JobState, Reason, Stage, Step};
+use ytcaption_protocol::{Event, JobId, JobState, Reason, Step};
 
 use crate::cluster::Cluster;
 use crate::hub::Hub;
@@ -907,9 +907,11 @@ fn retry_purge(ctx: &Arc<SagaContext>, id: &JobId, mut pending: std::collections
 
 /// Whether the job's blobs should go: cancelled, deleted, or gone from the log.
 fn purge_wanted(ctx: &SagaContext, id: &JobId) -> bool {
-    ctx.store.get(id).ok().flatten().is_none_or(|state| {
-        state.cancel_requested || state.deleted || state.stage == Stage::Cancelled
-    })
+    ctx.store
+        .get(id)
+        .ok()
+        .flatten()
+        .is_none_or(|state| state.blobs_unwanted())
 }
 
 async fn call_purge(

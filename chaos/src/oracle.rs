@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde_json::{json, Value};
 
 use crate::workload::{Expect, Job};
-use crate::world::{lock, FaultRecord, Outage, World};
+use crate::world::{lock, FaultRecord, World};
 
 /// What the oracle found.
 #[derive(Debug, Default)]
@@ -88,7 +88,7 @@ const OWNER_BACK_GRACE_MS: u64 = 2_000;
 fn owner_change_class(
     world: &World,
     cause: Option<&FaultRecord>,
-    outage: Option<Outage>,
+    owner_cut_off: bool,
     at: u64,
 ) -> OwnerChange {
     // Every node cut off at that moment (the owner, the taker, one lost for good), or all
@@ -98,12 +98,12 @@ fn owner_change_class(
     if everyone || world.out_at(at, OWNER_BACK_GRACE_MS) > tolerated {
         return OwnerChange::BeyondTolerance;
     }
-    match outage {
-        Some(_) => OwnerChange::Takeover,
-        None if cause.is_some_and(|f| matches!(f.kind.as_str(), "partition" | "slow-link")) => {
-            OwnerChange::Partition
-        }
-        None => OwnerChange::OwnerUp,
+    if owner_cut_off {
+        OwnerChange::Takeover
+    } else if cause.is_some_and(|f| matches!(f.kind.as_str(), "partition" | "slow-link")) {
+        OwnerChange::Partition
+    } else {
+        OwnerChange::OwnerUp
     }
 }
 
@@ -356,10 +356,10 @@ pub fn check(world: &World, jobs: &[Job], wer_threshold: f64) -> Verdict {
                         f.at_ms <= at
                             && (f.target == "all" || f.target.split('|').any(|t| t == previous))
                     });
-                    let outage = world
+                    let owner_cut_off = world
                         .index(&previous)
-                        .and_then(|i| world.outage_at(i, at, OWNER_BACK_GRACE_MS));
-                    let class = owner_change_class(world, cause, outage, at);
+                        .is_some_and(|i| world.outage_at(i, at, OWNER_BACK_GRACE_MS).is_some());
+                    let class = owner_change_class(world, cause, owner_cut_off, at);
                     let from = cause.map_or(at, |fault| {
                         fault.detected_at_ms.unwrap_or(fault.at_ms).min(at)
                     });

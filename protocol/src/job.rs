@@ -501,6 +501,11 @@ pub const MAX_LOST: u32 = 10;
 pub const LOST_CODES: [&str; 3] = ["step.worker_lost", "step.input_lost", "cluster.stale_epoch"];
 
 impl JobState {
+    /// Whether the job's blobs should go: cancelled (or being cancelled) or deleted.
+    pub fn blobs_unwanted(&self) -> bool {
+        self.cancel_requested || self.deleted || self.stage == Stage::Cancelled
+    }
+
     /// The state after the `Accepted` event.
     pub fn new(id: JobId, spec: JobSpec, at: u64) -> JobState {
         JobState {
