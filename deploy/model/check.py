@@ -7,8 +7,8 @@ Runs encoder.onnx + decoder.onnx with onnxruntime on the first 30 s of the WAV
 (mel from mel_ref.py), greedy-decodes without timestamps and prints the text on
 stdout. Before decoding it checks the decoder contract on the real prompt:
   - cross_qk has shape [1, len(alignment_heads), n, 1500];
-  - feeding the prompt at once (empty cache) and token by token through the cache
-    gives the same logits and the same cache (int8: the same next token, since
+  - feeding the prompt at once (empty cache) and token by token through the fixed-size
+    cache gives the same logits and the same cache (int8: the same next token, since
     dynamic quantization scales activations per tensor, i.e. per call).
 Diagnostics go to stderr; exit status 1 on a failed check.
 """
@@ -64,20 +64,33 @@ class Model:
         self.layers = m["n_text_layer"]
         heads = m["n_text_head"]
         hd = m["n_text_state"] // heads
-        zero = np.zeros((1, heads, 0, hd), np.float32)
-        self.empty = {f"self_{kv}_{i}": zero for i in range(self.layers) for kv in "kv"}
+        # The cache is a fixed buffer (graph format 3): room for the longest sequence.
+        self.capacity = m["n_text_ctx"] // 2
+        zero = np.zeros((1, heads, self.capacity, hd), np.float32)
+        self.empty = (0, {f"self_{kv}_{i}": zero for i in range(self.layers) for kv in "kv"})
 
     def encode(self, mel):
         names = [o.name for o in self.encoder.get_outputs()]
         return dict(zip(names, self.encoder.run(None, {"mel": mel})))
 
     def decode_step(self, tokens, cache, cross):
-        """One decoder call; returns its outputs by name plus "cache", the next step's cache."""
+        """One decoder call; returns its outputs by name plus "cache", the next step's cache
+        as (filled positions, buffers)."""
+        offset, buffers = cache
         names = [o.name for o in self.decoder.get_outputs()]
         out = dict(zip(names, self.decoder.run(
-            None, {"tokens": np.array([tokens], np.int64), **cache, **cross})))
-        out["cache"] = {f"self_{kv}_{i}": out[f"new_{kv}_{i}"]
-                        for i in range(self.layers) for kv in "kv"}
+            None, {"tokens": np.array([tokens], np.int64), "offset": np.array([offset], np.int64),
+                   **buffers, **cross})))
+        end = offset + len(tokens)
+        if end > self.capacity:
+            die(f"sequence longer than the cache ({self.capacity})")
+        nxt = {}
+        for i in range(self.layers):
+            for kv in "kv":
+                buf = buffers[f"self_{kv}_{i}"].copy()
+                buf[:, :, offset:end] = out[f"new_{kv}_{i}"]
+                nxt[f"self_{kv}_{i}"] = buf
+        out["cache"] = (end, nxt)
         return out
 
     def text(self, ids):
@@ -101,7 +114,9 @@ def check_contract(model, prompt, cross):
         if step["cross_qk"].shape != want[:2] + (1, want[3]):
             die(f"single-token cross_qk shape {step['cross_qk'].shape}")
     d_logits = np.abs(step["logits"] - whole["logits"]).max()
-    d_cache = max(np.abs(cache[name] - whole["cache"][name]).max() for name in cache)
+    filled = cache[0]
+    d_cache = max(np.abs(cache[1][name][:, :, :filled] - whole["cache"][1][name][:, :, :filled]).max()
+                  for name in cache[1])
     # The last row of cross_qk must agree too: it is what word timestamps are built from.
     d_qk = np.abs(step["cross_qk"][:, :, 0] - whole["cross_qk"][:, :, -1]).max()
     print(f"check: cross_qk {whole['cross_qk'].shape}; prompt at once vs cached: "

@@ -142,17 +142,3 @@ fn a_corrupt_model_file_is_named() {
     assert_mentions(&line, &["decoder.onnx"]);
     assert_mentions(&line, &["corrupt"]);
 }
-
-/// The models directory the binary uses by default (same rules as cluster-config).
-fn default_models_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("YTCAPTION_MODELS_DIR") {
-        return dir.into();
-    }
-    if let Some(dir) = std::env::var_os("YTCAPTION_DATA_DIR") {
-        return PathBuf::from(dir).join("models");
-    }
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".local/share"));
-    base.join("ytcaption/models")
-}

@@ -252,7 +252,7 @@ pub fn align_batch(
         tokens.extend_from_slice(row);
         tokens.resize(tokens.len() + width - row.len(), i64::from(special.eot));
     }
-    let mut cache = model.empty_cache(audio.batch)?;
+    let mut cache = model.empty_cache(audio.batch, width)?;
     let qk = model
         .decode(audio, &mut cache, &tokens, true)?
         .cross_qk

@@ -290,7 +290,6 @@ impl WindowDecoder<'_> {
             (0..batch).flat_map(|_| tokens.iter().copied()).collect()
         };
 
-        let mut cache = self.model.empty_cache(batch)?;
         // Feed everything up to <|startoftranscript|> first: the logits there give the
         // no-speech probability (and the language, elsewhere).
         let mut prefix: Vec<i64> = Vec::new();
@@ -304,6 +303,11 @@ impl WindowDecoder<'_> {
             );
         }
         prefix.push(i64::from(self.sot_sequence[0]));
+        let sample_len = n_ctx / 2;
+        // Room for the prefix, the rest of the start sequence and every sampled token.
+        let mut cache = self
+            .model
+            .empty_cache(batch, prefix.len() + self.sot_sequence.len() + sample_len)?;
         let at_sot = self
             .model
             .decode(audio, &mut cache, &repeat(&prefix), false)?;
@@ -328,7 +332,6 @@ impl WindowDecoder<'_> {
                 .logits
         };
 
-        let sample_len = n_ctx / 2;
         let mut sampled: Vec<Vec<u32>> = vec![Vec::new(); batch];
         let mut token_probs: Vec<Vec<f32>> = vec![Vec::new(); batch];
         let mut sum_logprob = vec![0f64; batch];
@@ -361,7 +364,7 @@ impl WindowDecoder<'_> {
                 token_probs[k].push(logprob.exp());
                 next[k] = i64::from(token);
             }
-            if finished.iter().all(|f| *f) || cache.len + 1 > n_ctx {
+            if finished.iter().all(|f| *f) || cache.len + 1 > cache.capacity {
                 break;
             }
             // Finished sequences keep feeding end-of-text; their outputs are ignored.

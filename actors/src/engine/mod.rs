@@ -287,7 +287,7 @@ impl Engine {
 
     /// The most likely language of a window, from the logits after `<|startoftranscript|>`.
     fn detect_language(&self, audio: &model::AudioContext) -> Result<String, EngineError> {
-        let mut cache = self.model.empty_cache(audio.batch)?;
+        let mut cache = self.model.empty_cache(audio.batch, 1)?;
         let sot = i64::from(self.manifest().tokens.sot);
         let logits = self
             .model
