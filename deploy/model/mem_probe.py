@@ -80,7 +80,7 @@ def run_one(args):
     rep["dec_load"], rep["rss_loaded"] = hwm_rss()
 
     t0 = time.perf_counter()
-    ck, cv = enc.run(None, {"mel": mel})
+    cross = dict(zip([o.name for o in enc.get_outputs()], enc.run(None, {"mel": mel})))
     rep["enc_ms"] = round((time.perf_counter() - t0) * 1000)
     rep["enc_run"] = hwm_rss()[0]
 
@@ -92,27 +92,33 @@ def run_one(args):
     suppress = np.zeros(m["n_vocab"], bool)
     suppress[m["suppress_ids"]] = True
     suppress[tok["no_timestamps"]:] = True
-    empty = np.zeros((m["n_text_layer"], 1, 0, m["n_text_state"]), np.float32)
-
-    feed = {"tokens": np.array([prompt], np.int64), "self_k": empty, "self_v": empty,
-            "cross_k": ck, "cross_v": cv}
-    ids, text_end, t0 = [], None, None
+    # Graph format 3: a fixed cache buffer per layer, filled up to `offset`, written here.
+    layers, heads = m["n_text_layer"], m["n_text_head"]
+    capacity = min(m["n_text_ctx"], len(prompt) + args.steps + 1)
+    cache = {f"self_{kv}_{i}": np.zeros((1, heads, capacity, m["n_text_state"] // heads), np.float32)
+             for i in range(layers) for kv in "kv"}
+    out_names = [o.name for o in dec.get_outputs()]
+    ids, text_end, t0, offset, tokens = [], None, None, 0, prompt
     logits_log = []
     for step in range(args.steps + 1):
-        logits, k, v, _ = dec.run(None, feed)
+        feed = {"tokens": np.array([tokens], np.int64), "offset": np.array([offset], np.int64),
+                **cache, **cross}
+        out = dict(zip(out_names, dec.run(None, feed)))
+        for name, buf in cache.items():
+            buf[:, :, offset:offset + len(tokens)] = out[name.replace("self_", "new_")]
+        offset += len(tokens)
         if step == 0:
             t0 = time.perf_counter()  # time the cached single-token steps only
             c0 = time.process_time()
-        lg = np.where(suppress, -np.inf, logits[0])
+        lg = np.where(suppress, -np.inf, out["logits"][0])
         if text_end is None and int(np.argmax(lg)) == tok["eot"]:
             text_end = len(ids)
         if args.dump_logits and text_end is None:
-            logits_log.append(logits[0].copy())
+            logits_log.append(out["logits"][0].copy())
         lg[tok["eot"]] = -np.inf
         nxt = int(np.argmax(lg))
         ids.append(nxt)
-        feed = {"tokens": np.array([[nxt]], np.int64), "self_k": k, "self_v": v,
-                "cross_k": ck, "cross_v": cv}
+        tokens = [nxt]
     rep["dec_ms_tok"] = round((time.perf_counter() - t0) * 1000 / args.steps, 2)
     # CPU time is steadier than wall time on a shared machine (compare at --threads 1).
     rep["dec_cpu_ms_tok"] = round((time.process_time() - c0) * 1000 / args.steps, 2)
