@@ -456,11 +456,27 @@ async fn s3_crash_and_recovery() {
     })
     .await
     .unwrap();
-    storage.health().await.unwrap();
-    assert_eq!(
-        storage.get_bytes("jobs/1/media", 100).await.unwrap(),
-        b"before"
-    );
+    // The S3 gateway answers before weed's filer and volume server are back, so right after
+    // a restart a call may still fail: it must fail as retryable, and succeed soon after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        let attempt = match storage.health().await {
+            Ok(()) => storage.get_bytes("jobs/1/media", 100).await,
+            Err(err) => Err(err),
+        };
+        match attempt {
+            Ok(bytes) => break bytes,
+            Err(err) => {
+                assert!(err.retryable(), "after a restart: {err:?}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "storage still failing 30 s after the restart: {err:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(stored, b"before");
     drop(server);
 }
 
