@@ -20,8 +20,8 @@ manifest.json. The I/O contract the Rust engine relies on:
            -> logits f32 [B, V] (last position only), new_k_l/new_v_l [B, H, n, hd] (the n
               new positions only), cross_qk f32 [B, H_align, n, 1500] (pre-softmax
               q.k/sqrt(hd) of the alignment heads, in manifest order)
-  The self-attention cache is a fixed buffer of C >= 1 positions (C + n <= n_text_ctx) of
-  which the first `offset` are filled; the caller copies new_k/new_v into it at
+  The self-attention cache is a fixed buffer of C positions (1 <= C <= n_text_ctx, and
+  offset + n <= C) of which the first `offset` are filled; the caller copies new_k/new_v into it at
   [offset, offset + n) after each call. An empty cache is offset 0, so the prompt uses the
   same graph.
 
@@ -205,6 +205,14 @@ class Graph:
         e = self.op("Erf", [self.op("Div", [x, self.f32(np.sqrt(2.0))])])
         return self.op("Mul", [self.op("Mul", [x, self.op("Add", [e, self.f32(1.0)])]), self.f32(0.5)])
 
+    def matmul_bt(self, a, b, hint):
+        """a @ b^T as one com.microsoft FusedMatMul: no Transpose node, no transposed copy."""
+        self.ms_domain = True
+        out = self.fresh(hint)
+        self.nodes.append(helper.make_node("FusedMatMul", [a, b], [out], name=self.fresh("FusedMatMul"),
+                                           domain="com.microsoft", transB=1, alpha=1.0))
+        return out
+
     def split_last(self, x, d, parts):
         return self.op("Split", [x, self.i64([d] * parts)], outputs=parts, axis=-1)
 
@@ -219,32 +227,6 @@ class Graph:
         self.nodes.append(helper.make_node("MultiHeadAttention", [q, k, v], [out], name=self.fresh("MHA"),
                                            domain="com.microsoft", num_heads=heads))
         return out
-
-    def cross_attention(self, q, k, v, heads, d, t):
-        """Attention on [B, n, D] queries over [B, T, D] keys/values without splitting K/V
-        into heads, which would copy both (T x D each) on every decoder step.
-
-        The query becomes block-diagonal [B, H*n, D] (head h keeps only its hd columns), so
-        one K-transposed matmul gives every head's scores, and the heads' outputs are the
-        matching column blocks of probs @ V. Extra work is H*n*T*D multiply-adds (a few
-        million per layer at n = 1), against 2*T*D floats copied per layer otherwise.
-        Returns (out [B, n, D], scores [B, H, n, T]).
-        """
-        hd = d // heads
-        self.ms_domain = True
-        block = np.kron(np.eye(heads, dtype=np.float32), np.ones((1, hd), np.float32))  # [H, D]
-        qs = self.op("Mul", [self.op("Unsqueeze", [q, self.i64([1])]),
-                             self.f32((block / np.sqrt(hd))[None, :, None, :])])  # [B, H, n, D]
-        qbd = self.op("Reshape", [qs, self.i64([0, -1, d])])  # [B, H*n, D]
-        flat = self.fresh("qk")
-        self.nodes.append(helper.make_node("FusedMatMul", [qbd, k], [flat], name=self.fresh("FusedMatMul"),
-                                           domain="com.microsoft", transB=1, alpha=1.0))
-        scores = self.op("Reshape", [flat, self.i64([0, heads, -1, t])], name_hint="qk")  # [B,H,n,T]
-        probs = self.op("Softmax", [flat], axis=-1)
-        o = self.op("MatMul", [probs, v])  # [B, H*n, D]: head h's output is its column block
-        o = self.op("Reshape", [o, self.i64([0, heads, -1, d])])
-        o = self.op("Mul", [o, self.f32(block[None, :, None, :])])
-        return self.op("ReduceSum", [o, self.i64([1])], keepdims=0), scores
 
     def model(self, inputs, outputs, name):
         graph = helper.make_graph(self.nodes, name, inputs, outputs, self.inits)
@@ -393,14 +375,6 @@ def build_decoder(w, dims, alignment, int8, store_fp32):
 
     scores = []
     split = g.i64([0, 0, h, hd])
-    g.ms_domain = True
-
-    def qk(a, b):
-        out = g.fresh("self_qk")
-        g.nodes.append(helper.make_node("FusedMatMul", [a, b], [out], name=g.fresh("FusedMatMul"),
-                                        domain="com.microsoft", transB=1, alpha=1.0))
-        return out
-
     for i in range(L):
         p = f"decoder/layer_{i}"
         hn = g.layer_norm(x, w, p + "/self_attention/layer_norm")
@@ -410,8 +384,8 @@ def build_decoder(w, dims, alignment, int8, store_fp32):
         g.op("Transpose", [g.op("Reshape", [v, split])], outputs=[f"new_v_{i}"], perm=[0, 2, 1, 3])
         # openai-whisper scales q and k by hd^-0.25 each; one 1/sqrt(hd) on q is the same.
         qh = g.op("Mul", [qh, g.f32(1.0 / np.sqrt(hd))])
-        s_past = g.op("Add", [qk(qh, f"self_k_{i}"), past_mask])  # [B, H, n, capacity]
-        s_new = g.op("Add", [qk(qh, f"new_k_{i}"), new_mask])  # [B, H, n, n]
+        s_past = g.op("Add", [g.matmul_bt(qh, f"self_k_{i}", "self_qk"), past_mask])  # [B, H, n, capacity]
+        s_new = g.op("Add", [g.matmul_bt(qh, f"new_k_{i}", "self_qk"), new_mask])  # [B, H, n, n]
         probs = g.op("Softmax", [g.op("Concat", [s_past, s_new], axis=-1)], axis=-1)
         p_past, p_new = g.op("Split", [probs, parts], outputs=2, axis=-1)
         a = g.op("Add", [g.op("MatMul", [p_past, f"self_v_{i}"]), g.op("MatMul", [p_new, f"new_v_{i}"])])

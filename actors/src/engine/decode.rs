@@ -303,11 +303,15 @@ impl WindowDecoder<'_> {
             );
         }
         prefix.push(i64::from(self.sot_sequence[0]));
+        let rest: Vec<i64> = self.sot_sequence[1..]
+            .iter()
+            .map(|x| i64::from(*x))
+            .collect();
         let sample_len = n_ctx / 2;
         // Room for the prefix, the rest of the start sequence and every sampled token.
         let mut cache = self
             .model
-            .empty_cache(batch, prefix.len() + self.sot_sequence.len() + sample_len)?;
+            .empty_cache(batch, prefix.len() + rest.len() + sample_len)?;
         let at_sot = self
             .model
             .decode(audio, &mut cache, &repeat(&prefix), false)?;
@@ -319,10 +323,6 @@ impl WindowDecoder<'_> {
                     .get(t.no_speech as usize)
                     .map_or(0.0, |l| f64::from(l.exp()))
             })
-            .collect();
-        let rest: Vec<i64> = self.sot_sequence[1..]
-            .iter()
-            .map(|x| i64::from(*x))
             .collect();
         let mut logits = if rest.is_empty() {
             at_sot.logits
