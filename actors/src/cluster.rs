@@ -654,19 +654,6 @@ impl Cluster {
         self.params.max_queued
     }
 
-    /// Base URLs of live peers' HTTP APIs (for blob transfers), `prefer` first.
-    pub fn peer_http(&self, prefer: Option<&str>) -> Vec<(String, String)> {
-        let view = lock(&self.view);
-        let mut peers: Vec<(String, String)> = view
-            .members
-            .values()
-            .filter(|member| member.state != MemberState::Down && !member.http_url.is_empty())
-            .map(|member| (member.name.clone(), member.http_url.clone()))
-            .collect();
-        peers.sort_by_key(|(name, _)| Some(name.as_str()) != prefer);
-        peers
-    }
-
     // ---- membership ------------------------------------------------------------------------
 
     fn session_event(self: &Arc<Self>, event: SessionEvent) {
@@ -1545,10 +1532,20 @@ async fn forward_local(id: &JobId, op: JobOp) -> Result<Box<JobState>, OpError> 
 }
 
 impl PeerDirectory for Cluster {
+    /// Every member not down, including those met moments ago whose HTTP address has not
+    /// come with a heartbeat yet (an empty `http_url`): the fetch cannot ask them, so a blob
+    /// missing from every other peer is "not reachable yet", not "gone". (After a restart a
+    /// step placed on a fresh node read a media blob its holder had, as lost, five times in
+    /// 100 ms, and the job failed `step.input_lost`.)
     fn blob_peers(&self) -> Vec<PeerEndpoint> {
-        self.peer_http(None)
-            .into_iter()
-            .map(|(node, http_url)| PeerEndpoint { node, http_url })
+        let view = lock(&self.view);
+        view.members
+            .values()
+            .filter(|member| member.state != MemberState::Down)
+            .map(|member| PeerEndpoint {
+                node: member.name.clone(),
+                http_url: member.http_url.clone(),
+            })
             .collect()
     }
 }

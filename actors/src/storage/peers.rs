@@ -48,7 +48,7 @@ pub const SIGNATURE_TOLERANCE_S: u64 = 300;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A peer that may hold blobs: its node name (for logs) and the base URL of its HTTP API,
-/// e.g. `http://10.0.0.2:8081`, without a trailing slash.
+/// e.g. `http://10.0.0.2:8081`, without a trailing slash; empty while not known yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerEndpoint {
     pub node: String,
@@ -183,6 +183,9 @@ impl BlobPeers {
         key: &str,
         local: &LocalStore,
     ) -> Result<Outcome, PeerFailure> {
+        if peer.http_url.is_empty() {
+            return Err(PeerFailure::Skip("its address is not known yet".into()));
+        }
         let url = format!("{}{BLOB_PATH}{key}", peer.http_url.trim_end_matches('/'));
         let auth = sign(&self.secret, key, unix_now());
         let params = self.net_params();
@@ -485,6 +488,17 @@ mod tests {
         assert_eq!(store.get_bytes(KEY, 100).unwrap(), b"bytes");
         // No peers: nothing to ask.
         assert!(!blob_peers(vec![], 100).fetch(KEY, &store).await.unwrap());
+        // A peer whose address is not known yet may hold it: not reachable, never "missing".
+        let empty = peer(HashMap::new(), false).await;
+        let err = blob_peers(vec![endpoint("a", &empty), endpoint("c", "")], 100)
+            .fetch("jobs/other/media", &store)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "storage.unavailable", "{err}");
+        assert!(
+            err.to_string().contains("c: its address is not known yet"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
