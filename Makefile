@@ -56,11 +56,20 @@ chaos-smoke: model build fixtures test-env
 	$(CARGO) build --release -p ytcaption-chaos
 	mkdir -p target/chaos
 	failed=""; \
-	$(CHAOS) --nodes 3 --jobs 15 --faults 5 --seed 1 --report target/chaos/smoke.json || failed="$$failed smoke"; \
+	rm -rf target/chaos/*-logs; \
+	$(CHAOS) --nodes 3 --jobs 15 --faults 5 --seed 1 --report target/chaos/smoke.json \
+		--keep-logs target/chaos/smoke-logs || failed="$$failed smoke"; \
 	for s in $$(ls chaos/scenarios); do \
-		$(CHAOS) --scenario $$s --seed 1 --report target/chaos/$$s.json || failed="$$failed $$s"; \
+		$(CHAOS) --scenario $$s --seed 1 --report target/chaos/$$s.json \
+			--keep-logs target/chaos/$$s-logs || failed="$$failed $$s"; \
 	done; \
 	if [ -n "$$failed" ]; then \
+		for s in $$failed; do \
+			echo "== $$s: the nodes' last warnings (all of it in target/chaos/$$s-logs/) =="; \
+			for log in target/chaos/$$s-logs/*.log; do \
+				grep -h " WARN \| ERROR " $$log | tail -n 15 | cut -c 1-300 | sed "s|^|$$(basename $$log .log) |"; \
+			done; \
+		done; \
 		for s in $$failed; do \
 			python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(sys.argv[2] + ":", *r["violations"], sep="\n  ")' \
 				target/chaos/$$s.json $$s || true; \

@@ -213,6 +213,14 @@ struct View {
     /// The node each dialled address led to (a proxy's address differs from what the node
     /// advertises), so a connected node is not dialled again through another address.
     dialled: HashMap<String, String>,
+    /// The dial target each resolved address came from (learned by the dial task), to fill
+    /// `dialled` from the sessions those dials opened.
+    dial_targets: HashMap<String, String>,
+    /// Sessions found ready but never announced at the last reconcile (see
+    /// [`Cluster::adopt_unannounced`]), by session id.
+    unannounced: HashSet<u64>,
+    /// When sessions were last reconciled with the node server's.
+    reconciled_ms: u64,
     /// When this node last lost its last live peer.
     isolated_since_ms: Option<u64>,
     /// When this node last went from a minority back to a majority (see [`quorum`]).
@@ -231,6 +239,25 @@ impl View {
             .filter(|m| m.state == MemberState::Alive)
             .count();
         quorum(self.members.len(), alive)
+    }
+
+    /// Notes which node a dial target leads to, from a session our dial opened that got as
+    /// far as learning the peer's name: the session that survives between two nodes may be
+    /// the one the peer dialled, whose addresses are not the target, and without this the
+    /// target would be dialled again every backoff period for ever (each dial a new session
+    /// the peer must refuse or, when its random connection id wins the duplicate election,
+    /// one that replaces the working session).
+    fn learn_dialled(&mut self, session: &NodeServerSessionInformation) {
+        if session.is_server {
+            return;
+        }
+        let Some(name) = session.peer_name.as_ref() else {
+            return;
+        };
+        if let Some(target) = self.dial_targets.get(&session.peer_addr).cloned() {
+            self.dialled
+                .insert(target, short_name(&name.name).to_owned());
+        }
     }
 
     /// Whether a session to `name` is ready or authenticated.
@@ -329,6 +356,13 @@ const SESSION_CLOSE_GRACE: Duration = Duration::from_millis(300);
 
 /// Members down this long are forgotten: they no longer count towards the majority.
 const FORGET_DOWN_AFTER_MS: u64 = 10 * 60 * 1000;
+/// How often sessions are reconciled with the node server's (see
+/// [`Cluster::adopt_unannounced`]).
+const RECONCILE_EVERY_MS: u64 = 2_000;
+/// The node server and a session actor answer at once unless the process is starved.
+const RECONCILE_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Resolved dial addresses remembered; a churning DNS answer cannot grow the map for ever.
+const MAX_DIAL_TARGETS: usize = 1024;
 
 /// Whether a node that knows `peers` other members and sees `alive` of them is among a
 /// majority (always, with fewer than two peers).
@@ -659,6 +693,11 @@ impl Cluster {
     fn session_event(self: &Arc<Self>, event: SessionEvent) {
         let now = now_ms();
         let mut view = lock(&self.view);
+        match &event {
+            SessionEvent::Authenticated(session)
+            | SessionEvent::Ready(session)
+            | SessionEvent::Down(session) => view.learn_dialled(session),
+        }
         match event {
             SessionEvent::Authenticated(session) => {
                 if let Some(name) = session.peer_name.as_ref() {
@@ -882,6 +921,18 @@ impl Cluster {
             });
         }
         self.dial_missing(now);
+        let due = {
+            let mut view = lock(&self.view);
+            let due = now.saturating_sub(view.reconciled_ms) >= RECONCILE_EVERY_MS;
+            if due {
+                view.reconciled_ms = now;
+            }
+            due
+        };
+        if due {
+            let cluster = self.clone();
+            tokio::spawn(async move { cluster.adopt_unannounced().await });
+        }
     }
 
     /// A heartbeat answer or a ping: the peer is alive, with this load.
@@ -928,6 +979,60 @@ impl Cluster {
         }
     }
 
+    /// Adopts sessions the node server holds ready but never announced. ractor_cluster sends
+    /// its ready notice only for the session its duplicate election prefers at that moment,
+    /// so a session that became ready while a duplicate was still being decided can be the
+    /// one left and stay unannounced: the peer then counts this node alive (its pings are
+    /// answered over that session) while this node never lists the peer, and the mesh never
+    /// forms (seen once in CI, for 30 s). A session seen so at two reconciles in a row (not
+    /// one in the middle of an election) is taken as ready.
+    async fn adopt_unannounced(self: &Arc<Self>) {
+        let sessions = match self
+            .server
+            .call(NodeServerMessage::GetSessions, Some(RECONCILE_CALL_TIMEOUT))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(sessions)) => sessions,
+            _ => return,
+        };
+        let mut unannounced = HashSet::new();
+        for session in sessions.into_values() {
+            if session.peer_name.is_none()
+                || lock(&self.view).sessions.contains_key(&session.node_id)
+            {
+                continue;
+            }
+            let ready = matches!(
+                session
+                    .actor
+                    .call(
+                        NodeSessionMessage::GetReadyState,
+                        Some(RECONCILE_CALL_TIMEOUT)
+                    )
+                    .await,
+                Ok(ractor::rpc::CallResult::Success(true))
+            );
+            if !ready {
+                continue;
+            }
+            let seen_before = lock(&self.view).unannounced.contains(&session.node_id);
+            unannounced.insert(session.node_id);
+            if seen_before {
+                let peer = session
+                    .peer_name
+                    .as_ref()
+                    .map(|name| short_name(&name.name).to_owned());
+                tracing::warn!(peer = ?peer, addr = %session.peer_addr, "cluster session ready but never announced; adopted");
+                self.session_event(SessionEvent::Ready(session));
+            }
+        }
+        let mut view = lock(&self.view);
+        view.unannounced = unannounced;
+        if view.dial_targets.len() > MAX_DIAL_TARGETS {
+            view.dial_targets.clear();
+        }
+    }
+
     fn dial_missing(self: &Arc<Self>, now: u64) {
         let mut targets: Vec<String> = self.params.seeds.clone();
         let mut view = lock(&self.view);
@@ -952,7 +1057,7 @@ impl Cluster {
             let reached = view
                 .dialled
                 .get(&target)
-                .is_some_and(|name| view.sessions.values().any(|s| s.name == *name));
+                .is_some_and(|name| view.connected_to(name));
             if target == self.params.advertise || connected.contains(&target) || reached {
                 continue;
             }
@@ -971,12 +1076,19 @@ impl Cluster {
             dial.next_ms = now + backoff;
             let server = self.server.clone();
             let tls = self.params.tls.clone();
+            let cluster = self.clone();
             tokio::spawn(async move {
                 let connect = async {
                     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&target)
                         .await
                         .map(Iterator::collect)
                         .unwrap_or_default();
+                    {
+                        let mut view = lock(&cluster.view);
+                        for addr in &addrs {
+                            view.dial_targets.insert(addr.to_string(), target.clone());
+                        }
+                    }
                     let host = target
                         .rsplit_once(':')
                         .map_or(target.as_str(), |(host, _)| host)

@@ -159,6 +159,7 @@ impl JobManagerState {
         }
         self.known.remove(&id);
         self.args.drivers.lock().insert(id.clone());
+        self.args.saga.metrics.drivers_started.inc();
         let ctx = self.args.saga.clone();
         let shutdown = self.args.shutdown.clone();
         let drivers = self.args.drivers.clone();
@@ -268,10 +269,19 @@ impl Actor for JobManager {
             }
             JobManagerMsg::Start(id) => state.start_or_queue(&myself, id, false),
             JobManagerMsg::Finished(id) => {
-                state.args.drivers.lock().remove(&id);
-                // A job can be retried while its old driver was finishing: look again.
+                // The driver's task already left the set. Removing the id here too dropped
+                // the entry of a driver started meanwhile (a takeover's Start), and the next
+                // line started a second one: two drivers appended the same attempt (chaos).
+                //
+                // A job can be retried while its old driver was finishing: look again, if
+                // the job is still this node's to drive. (A driver stops when another node
+                // owns the job; restarting it regardless spun a driver per job in a loop
+                // until the job ended elsewhere.)
                 if let Ok(Some(job)) = state.args.saga.store.get(&id) {
-                    if !job.is_terminal() && !*state.args.shutdown.borrow() {
+                    if !job.is_terminal()
+                        && state.args.saga.owns(&job)
+                        && !*state.args.shutdown.borrow()
+                    {
                         state.start_or_queue(&myself, id, false);
                     }
                 }

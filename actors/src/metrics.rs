@@ -20,6 +20,8 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// Jobs with a running driver.
     pub active_jobs: IntGauge,
+    /// Saga drivers started: one per run of a job this node drives.
+    pub drivers_started: IntCounter,
     pub restarts: IntCounterVec,
     pub realtime_factor: Histogram,
     pub audio_seconds: IntCounter,
@@ -102,6 +104,14 @@ impl Metrics {
                 gauge("ytcaption_queue_depth", "Jobs waiting for a driver slot"),
             ),
             active_jobs: register(r, gauge("ytcaption_active_jobs", "Jobs being driven")),
+            drivers_started: register(
+                r,
+                IntCounter::new(
+                    "ytcaption_job_drivers_started_total",
+                    "Saga drivers started (a job's run on this node, resumed or taken over)",
+                )
+                .expect(VALID),
+            ),
             restarts: register(
                 r,
                 counter_vec(

@@ -300,6 +300,9 @@ pub async fn drive(ctx: Arc<SagaContext>, id: JobId, mut cancel: watch::Receiver
     let span = tracing::info_span!("job", job_id = %id);
     let _ = tracing::Instrument::instrument(
         async {
+            if let Err(error) = close_interrupted(&ctx, &id).await {
+                tracing::warn!(%error, "could not close an interrupted attempt");
+            }
             loop {
                 match turn(&ctx, &id, &mut cancel).await {
                     Ok(Turn::Continue) => {}
@@ -323,6 +326,37 @@ pub async fn drive(ctx: Arc<SagaContext>, id: JobId, mut cancel: watch::Receiver
         span,
     )
     .await;
+}
+
+/// An attempt the log shows running (started, no outcome) when a driver starts was cut short
+/// by a restart of this node (a crash, a kill, a shutdown mid-step): a driver's own attempts
+/// always end in an outcome or a shutdown, and an attempt lost with a change of owner is
+/// closed by the `Owner` event. It is closed here as lost to the cluster, so it is placed
+/// again at once and, like an attempt lost with a peer, does not count against the step's
+/// limit (up to `MAX_LOST` per job; a medium that kills its node still ends).
+async fn close_interrupted(ctx: &SagaContext, id: &JobId) -> Result<(), StoreError> {
+    let Some(state) = ctx.store.get(id)? else {
+        return Ok(());
+    };
+    let Some(step) = state.open_step else {
+        return Ok(());
+    };
+    if state.is_terminal() || !ctx.owns(&state) {
+        return Ok(());
+    }
+    let at = now_ms();
+    tracing::warn!(%step, attempt = state.attempt(step), "an attempt cut short by a restart of this node is closed as lost");
+    let event = Event::StepFailed {
+        step,
+        attempt: state.attempt(step),
+        reason: Reason::new(
+            "step.worker_lost",
+            format!("this node restarted while the {step} attempt ran"),
+        ),
+        retry_at: Some(at),
+        at,
+    };
+    append(ctx, id, vec![event]).await.map(drop)
 }
 
 enum Turn {
@@ -503,7 +537,7 @@ async fn turn(
     drop(lease);
     let Some(reply) = reply else {
         // Cancelled or shutting down mid-step. On cancel the next turn compensates; on
-        // shutdown the attempt stays open and counts as failed when the job resumes.
+        // shutdown the attempt stays open and is closed as lost when the job resumes.
         return Ok(if *cancel.borrow() {
             Turn::Stopped
         } else {

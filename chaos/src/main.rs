@@ -183,52 +183,31 @@ fn run() -> anyhow::Result<bool> {
         "{} nodes up ({:?} storage)",
         cli.nodes, cli.storage
     ));
-    if !world.wait_mesh(Duration::from_secs(30)) {
-        // A liveness failure of the system, not of the harness: exit 1 like any violation.
-        for i in 0..world.len() {
-            eprintln!("{} sees {:?}", world.names[i], world.members(i));
-        }
-        eprintln!("VIOLATION: the cluster did not form a full mesh within 30 s of start-up");
-        eprintln!("seed {seed}; replay: {replay}");
-        return Ok(false);
-    }
-    world.say("full mesh");
     let jobs = Jobs::default();
-    let done = AtomicBool::new(false);
     let mut violations = Vec::new();
-
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !done.load(Ordering::SeqCst) {
-                workload::track(&world, &jobs);
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        });
-        match &script {
-            Some(script) if script.args.is_none() => {
-                if let Err(error) = scenario::run(&world, &jobs, script, seed) {
-                    world.say(&format!("scenario step failed: {error}"));
-                    violations.push(format!("scenario: {error}"));
-                }
-            }
-            _ => random_run(&world, &jobs, &cli, seed, &weights),
-        }
-        world.say("faults over: healing");
-        world.heal();
-        if !world.wait_mesh(Duration::from_secs(60)) {
-            violations
-                .push("the cluster did not re-form a full mesh within 60 s of healing".into());
-        }
-        world.say("healed; quiet period");
-        let deadline = Instant::now() + cli.quiet;
-        while !workload::all_terminal(&jobs) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        // Late notifications (a resend after a takeover) land within this.
-        std::thread::sleep(Duration::from_secs(3));
-        done.store(true, Ordering::SeqCst);
-    });
-
+    if world.wait_mesh(Duration::from_secs(30)) {
+        world.say("full mesh");
+        run_faults(
+            &world,
+            &jobs,
+            &cli,
+            script.as_ref(),
+            seed,
+            &weights,
+            &mut violations,
+        );
+    } else {
+        // A liveness failure of the system, not of the harness: a violation like any other,
+        // with the report and (under --keep-logs) the node logs that explain it.
+        let views: Vec<String> = (0..world.len())
+            .map(|i| format!("{} sees {:?}", world.names[i], world.members(i)))
+            .collect();
+        world.say(&format!("no full mesh: {}", views.join("; ")));
+        violations.push(format!(
+            "the cluster did not form a full mesh within 30 s of start-up ({})",
+            views.join("; ")
+        ));
+    }
     world.say("checking");
     let mut verdict = oracle::check(&world, &jobs.snapshot(), cli.wer);
     violations.append(&mut verdict.violations);
@@ -257,6 +236,51 @@ fn run() -> anyhow::Result<bool> {
         eprintln!("report written to {}", path.display());
     }
     Ok(verdict.violations.is_empty())
+}
+
+/// The run proper, once the cluster is meshed: the workload tracker, the faults (scripted or
+/// random), healing and the quiet period in which the jobs finish.
+fn run_faults(
+    world: &World,
+    jobs: &Jobs,
+    cli: &Cli,
+    script: Option<&scenario::Script>,
+    seed: u64,
+    weights: &[u32],
+    violations: &mut Vec<String>,
+) {
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                workload::track(world, jobs);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        match script {
+            Some(script) if script.args.is_none() => {
+                if let Err(error) = scenario::run(world, jobs, script, seed) {
+                    world.say(&format!("scenario step failed: {error}"));
+                    violations.push(format!("scenario: {error}"));
+                }
+            }
+            _ => random_run(world, jobs, cli, seed, weights),
+        }
+        world.say("faults over: healing");
+        world.heal();
+        if !world.wait_mesh(Duration::from_secs(60)) {
+            violations
+                .push("the cluster did not re-form a full mesh within 60 s of healing".into());
+        }
+        world.say("healed; quiet period");
+        let deadline = Instant::now() + cli.quiet;
+        while !workload::all_terminal(jobs) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // Late notifications (a resend after a takeover) land within this.
+        std::thread::sleep(Duration::from_secs(3));
+        done.store(true, Ordering::SeqCst);
+    });
 }
 
 /// Random mode: the workload thread submits while this thread injects faults.

@@ -16,7 +16,7 @@
 //! The handler (`smtp_sink.py`, written next to the Maildir at start) also answers recipients
 //! `reject…@…` with a permanent 550 and `tempfail…@…` with a transient 451.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -91,7 +91,7 @@ impl SmtpSink {
         });
         let mut failures = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
-            let port = free_port();
+            let port = crate::node::free_port();
             let mut child = spawn(&python, dir.path(), port, &options, cert.as_ref());
             match wait_until_serving(&mut child, port, dir.path()) {
                 Ok(()) => {
@@ -257,14 +257,6 @@ fn venv_python() -> PathBuf {
         repo.join(".venv-test").display()
     );
     python
-}
-
-/// A port that was free a moment ago (the OS picks it, so parallel tests get different ones).
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .unwrap_or_else(|e| panic!("SmtpSink: no free port: {e}"))
 }
 
 fn spawn(
