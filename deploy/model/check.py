@@ -64,7 +64,10 @@ class Model:
         self.layers = m["n_text_layer"]
         heads = m["n_text_head"]
         hd = m["n_text_state"] // heads
-        # The cache is a fixed buffer (graph format 3): room for the longest sequence.
+        # Token embeddings are looked up here, in embeddings.f16 (graph format 4).
+        self.table = np.fromfile(os.path.join(model_dir, "embeddings.f16"), dtype="<f2").reshape(
+            m["n_vocab"], m["n_text_state"])
+        # The cache is a fixed buffer: room for the longest sequence.
         self.capacity = m["n_text_ctx"] // 2
         zero = np.zeros((1, heads, self.capacity, hd), np.float32)
         self.empty = (0, {f"self_{kv}_{i}": zero for i in range(self.layers) for kv in "kv"})
@@ -79,7 +82,8 @@ class Model:
         offset, buffers = cache
         names = [o.name for o in self.decoder.get_outputs()]
         out = dict(zip(names, self.decoder.run(
-            None, {"tokens": np.array([tokens], np.int64), "offset": np.array([offset], np.int64),
+            None, {"embeds": self.table[np.array([tokens], np.int64)].astype(np.float32),
+                   "offset": np.array([offset], np.int64),
                    **buffers, **cross})))
         end = offset + len(tokens)
         if end > self.capacity:

@@ -7,15 +7,19 @@ SRC_CT2_DIR holds model.bin, config.json and tokenizer.json, the layout of every
 faster-whisper model (tiny ... large-v3), so users can bring models they already have.
 Only numpy and onnx are needed (plus onnxruntime for --int8): no torch, no ctranslate2.
 
-OUT_DIR receives encoder.onnx, decoder.onnx, tokenizer.json, config.json and
-manifest.json. The I/O contract the Rust engine relies on:
+OUT_DIR receives encoder.onnx, decoder.onnx, embeddings.f16, tokenizer.json, config.json
+and manifest.json. The I/O contract the Rust engine relies on:
 
-  (manifest "format": 3; l = 0 .. L-1 over decoder layers, H heads of hd = D/H)
+  (manifest "format": 4; l = 0 .. L-1 over decoder layers, H heads of hd = D/H)
   encoder  mel f32 [B, n_mels, 3000] -> cross_k_l f32 [B, H, hd, 1500] (keys, transposed)
                                         cross_v_l f32 [B, H, 1500, hd]
            (cross-attention K/V of every decoder layer, computed once per window, in
            the layout the decoder multiplies with: no per-token slicing or transposing)
-  decoder  tokens i64 [B, n], offset i64 [1], self_k_l/self_v_l f32 [B, H, C, hd],
+  embeddings.f16: the token embedding table, raw little-endian fp16 [n_vocab, D], row-major:
+           the caller looks up the rows of its tokens itself (reading them from the file,
+           so the table never sits in memory).
+  decoder  embeds f32 [B, n, D] (token embeddings), offset i64 [1],
+           self_k_l/self_v_l f32 [B, H, C, hd],
            cross_k_l, cross_v_l
            -> logits f32 [B, V] (last position only), new_k_l/new_v_l [B, H, n, hd] (the n
               new positions only), cross_qk f32 [B, H_align, n, 1500] (pre-softmax
@@ -322,18 +326,19 @@ def build_decoder(w, dims, alignment, int8, store_fp32):
     # Scalar indices everywhere: Gather with a 1-element vector index would keep an axis.
     hd = d // h
     past = g.op("Squeeze", ["offset", g.i64([0])], name_hint="past")
-    n = g.op("Gather", [g.op("Shape", ["tokens"]), g.i64(1)], axis=0, name_hint="n")
+    n = g.op("Gather", [g.op("Shape", ["embeds"]), g.i64(1)], axis=0, name_hint="n")
     cap = g.op("Gather", [g.op("Shape", ["self_k_0"]), g.i64(2)], axis=0, name_hint="capacity")
     end = g.op("Add", [past, n], name_hint="end")
 
-    # The tied embedding table serves both the token lookup and the output projection,
-    # and is the largest tensor of the model (V x D), so it is stored exactly once:
-    #  - int8: one int8 copy, transposed [D, V], with one scale per vocabulary entry. The
-    #    projection is a DynamicQuantizeMatMul on it (per-column scales); the lookup gathers
-    #    columns and dequantizes only the gathered rows.
-    #  - fp32 on disk: Gather and Gemm share the fp32 table.
-    #  - fp16 on disk: the lookup gathers fp16 rows and casts only those. The projection's
-    #    Cast is constant-folded, so the fp16 table stays next to its fp32 copy at run time.
+    # The tied embedding table is the largest tensor of the model (V x D). The graph keeps it
+    # only for the output projection; token embeddings come in as `embeds`, looked up by the
+    # caller in embeddings.f16 (written next to the graphs), so no copy of the table is held
+    # for the lookup (53 MB of resident memory for base):
+    #  - int8: one int8 copy, transposed [D, V], with one scale per vocabulary entry; the
+    #    projection is a DynamicQuantizeMatMul on it (per-column scales).
+    #  - fp32 on disk: the Gemm's fp32 table.
+    #  - fp16 on disk: the fp16 table, Cast for the Gemm; the Cast is constant-folded at load
+    #    and the fp16 initializer, used by nothing else, is dropped.
     emb_w = w.get("decoder/embeddings/weight")
     if int8:
         e = np.asarray(emb_w, np.float32)
@@ -342,19 +347,9 @@ def build_decoder(w, dims, alignment, int8, store_fp32):
         q = np.clip(np.rint(e / scale[:, None]), -127, 127).astype(np.int8)
         g.inits.append(numpy_helper.from_array(np.ascontiguousarray(q.T), "decoder/embeddings/weight_qt"))
         g.inits.append(numpy_helper.from_array(scale.astype(np.float32), "decoder/embeddings/scale"))
-        cols = g.op("Gather", ["decoder/embeddings/weight_qt", "tokens"], axis=1)  # [D, B, n]
-        rows = g.op("Cast", [g.op("Transpose", [cols], perm=[1, 2, 0])], to=TensorProto.FLOAT)
-        row_scale = g.op("Unsqueeze", [g.op("Gather", ["decoder/embeddings/scale", "tokens"], axis=0),
-                                       g.i64([-1])])
-        tok_emb = g.op("Mul", [rows, row_scale])
-    elif g.store_fp32:
-        emb = g.weight(emb_w, "decoder/embeddings/weight")
-        tok_emb = g.op("Gather", [emb, "tokens"], axis=0)
     else:
-        emb16 = "decoder/embeddings/weight"
-        g.inits.append(numpy_helper.from_array(np.ascontiguousarray(emb_w, np.float16), emb16))
-        tok_emb = g.op("Cast", [g.op("Gather", [emb16, "tokens"], axis=0)], to=TensorProto.FLOAT)
-        emb = g.op("Cast", [emb16], name_hint=emb16 + "_f32", to=TensorProto.FLOAT)
+        emb = g.weight(emb_w, "decoder/embeddings/weight")
+    tok_emb = "embeds"
     pos_table = g.weight(w.get("decoder/position_encodings/encodings"), "decoder/pos")
     pos = g.op("Slice", [pos_table, g.op("Unsqueeze", [past, g.i64([0])]),
                          g.op("Unsqueeze", [end, g.i64([0])]), g.i64([0])])
@@ -427,7 +422,7 @@ def build_decoder(w, dims, alignment, int8, store_fp32):
         g.op("Gemm", [last, emb], outputs=["logits"], transB=1)
 
     f32 = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-    inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "n"]),
+    inputs = [f32("embeds", ["batch", "n", d]),
               helper.make_tensor_value_info("offset", TensorProto.INT64, [1])]
     outputs = [f32("logits", ["batch", V])]
     for i in range(L):
@@ -557,11 +552,14 @@ def main():
     for f in ("tokenizer.json", "config.json"):
         shutil.copyfile(os.path.join(args.src, f), os.path.join(args.out, f))
         files[f] = sha256(os.path.join(args.out, f))
+    table = os.path.join(args.out, "embeddings.f16")
+    np.ascontiguousarray(w.get("decoder/embeddings/weight"), dtype="<f2").tofile(table)
+    files["embeddings.f16"] = sha256(table)
 
     eot = tokens["eot"]
     space = tokenizer["model"]["vocab"].get("\u0120")  # byte-level BPE spelling of " "
     manifest = {
-        "format": 3,
+        "format": 4,
         "name": args.name,
         "source": "ct2",
         "precision": "int8" if args.int8 else "fp16",

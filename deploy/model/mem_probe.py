@@ -92,7 +92,10 @@ def run_one(args):
     suppress = np.zeros(m["n_vocab"], bool)
     suppress[m["suppress_ids"]] = True
     suppress[tok["no_timestamps"]:] = True
-    # Graph format 3: a fixed cache buffer per layer, filled up to `offset`, written here.
+    # Graph format 4: token rows read from embeddings.f16 as needed (memory-mapped, so only
+    # the rows touched count), a fixed cache buffer per layer, filled up to `offset`.
+    table = np.memmap(os.path.join(args.model_dir, "embeddings.f16"), dtype="<f2", mode="r",
+                      shape=(m["n_vocab"], m["n_text_state"]))
     layers, heads = m["n_text_layer"], m["n_text_head"]
     capacity = min(m["n_text_ctx"], len(prompt) + args.steps + 1)
     cache = {f"self_{kv}_{i}": np.zeros((1, heads, capacity, m["n_text_state"] // heads), np.float32)
@@ -101,7 +104,8 @@ def run_one(args):
     ids, text_end, t0, offset, tokens = [], None, None, 0, prompt
     logits_log = []
     for step in range(args.steps + 1):
-        feed = {"tokens": np.array([tokens], np.int64), "offset": np.array([offset], np.int64),
+        feed = {"embeds": np.asarray(table[np.array([tokens], np.int64)], np.float32),
+                "offset": np.array([offset], np.int64),
                 **cache, **cross}
         out = dict(zip(out_names, dec.run(None, feed)))
         for name, buf in cache.items():

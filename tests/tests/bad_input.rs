@@ -141,4 +141,13 @@ fn a_corrupt_model_file_is_named() {
     let line = fails(&clip, &["--model", model.to_str().unwrap()], |_| {});
     assert_mentions(&line, &["decoder.onnx"]);
     assert_mentions(&line, &["corrupt"]);
+
+    // A token table cut short is named too, with what it should hold.
+    std::fs::write(&decoder, &bytes).unwrap();
+    let table = model.join("embeddings.f16");
+    let rows = std::fs::read(&table).unwrap();
+    std::fs::write(&table, &rows[..rows.len() - 2]).unwrap();
+    let line = fails(&clip, &["--model", model.to_str().unwrap()], |_| {});
+    assert_mentions(&line, &["embeddings.f16"]);
+    assert_mentions(&line, &["expected"]);
 }

@@ -1,12 +1,16 @@
 //! A converted Whisper model on disk (`manifest.json`, `encoder.onnx`, `decoder.onnx`,
-//! `tokenizer.json`, `config.json`) and the ONNX Runtime sessions that run it.
+//! `embeddings.f16`, `tokenizer.json`, `config.json`) and the ONNX Runtime sessions that run
+//! it.
 //!
 //! The graphs follow the contract written by `deploy/model/ct2_to_onnx.py` (manifest format
-//! 3; `l` runs over the decoder layers, `H` heads of `hd` dimensions):
+//! 4; `l` runs over the decoder layers, `H` heads of `hd` dimensions):
 //! - encoder: `mel [B, n_mels, 3000]` -> `cross_k_l [B, H, hd, 1500]`, `cross_v_l [B, H,
 //!   1500, hd]` (every decoder layer's cross-attention keys, transposed, and values, computed
 //!   once per window in the layout the decoder multiplies with);
-//! - decoder: `tokens i64 [B, n]`, `offset i64 [1]`, `self_k_l`, `self_v_l [B, H, C, hd]`,
+//! - `embeddings.f16`: the token embedding table, raw little-endian fp16 `[V, D]`. Rows are
+//!   read from the file as tokens need them ([`TokenTable`]), so the table never sits in
+//!   memory (the decoder graph holds only the output projection's copy);
+//! - decoder: `embeds f32 [B, n, D]` (the tokens' rows), `offset i64 [1]`, `self_k_l`, `self_v_l [B, H, C, hd]`,
 //!   `cross_k_l`, `cross_v_l` -> `logits [B, V]` (last position), `new_k_l`, `new_v_l [B, H,
 //!   n, hd]` (the `n` new positions only) and `cross_qk [B, H_align, n, 1500]` (raw attention
 //!   scores of the alignment heads, for word timings).
@@ -35,7 +39,7 @@ use super::EngineError;
 /// Where `make model` puts the ONNX Runtime library, relative to the models directory.
 pub const ORT_LIB_SUBDIR: &str = "onnxruntime";
 /// The graph contract this engine runs (manifest `format`).
-pub const GRAPH_FORMAT: u32 = 3;
+pub const GRAPH_FORMAT: u32 = 4;
 /// The command that installs the default models and the runtime.
 pub const INSTALL_HINT: &str = "run `make model` in the ytcaption checkout";
 
@@ -190,7 +194,94 @@ pub struct WhisperModel {
     cache_outputs: Vec<String>,
     /// `cross_k_0, cross_v_0, ...`: encoder outputs and decoder inputs, in [`AudioContext`] order.
     cross_names: Vec<String>,
+    tokens: TokenTable,
     pub manifest: Manifest,
+}
+
+/// The token embedding table, read row by row from `embeddings.f16` (see the module doc).
+/// Reading a few rows per step from the page cache costs microseconds; holding the table
+/// cost 53 MB of resident memory for base, and memory-mapping it did not help (readahead
+/// made most of it resident within a hundred lookups).
+#[derive(Debug)]
+struct TokenTable {
+    file: std::fs::File,
+    path: PathBuf,
+    rows: usize,
+    width: usize,
+}
+
+impl TokenTable {
+    fn open(path: PathBuf, rows: usize, width: usize) -> Result<TokenTable, EngineError> {
+        let bad = |reason: String| EngineError::ModelFile {
+            path: path.clone(),
+            reason,
+        };
+        let file = std::fs::File::open(&path).map_err(|e| bad(format!("cannot open: {e}")))?;
+        let len = file
+            .metadata()
+            .map_err(|e| bad(format!("cannot read: {e}")))?
+            .len();
+        let want = (rows * width * 2) as u64;
+        if len != want {
+            return Err(bad(format!(
+                "{len} bytes, expected {want} ({rows} x {width} fp16)"
+            )));
+        }
+        Ok(TokenTable {
+            file,
+            path,
+            rows,
+            width,
+        })
+    }
+
+    /// The rows of `tokens`, as f32, one after another.
+    fn lookup(&self, tokens: &[i64]) -> Result<Vec<f32>, EngineError> {
+        use std::os::unix::fs::FileExt;
+        let mut out = Vec::with_capacity(tokens.len() * self.width);
+        let mut row = vec![0u8; self.width * 2];
+        for &token in tokens {
+            let index = usize::try_from(token)
+                .ok()
+                .filter(|&index| index < self.rows)
+                .ok_or_else(|| {
+                    EngineError::Runtime(format!(
+                        "token {token} is outside the vocabulary ({} entries)",
+                        self.rows
+                    ))
+                })?;
+            self.file
+                .read_exact_at(&mut row, (index * self.width * 2) as u64)
+                .map_err(|e| EngineError::ModelFile {
+                    path: self.path.clone(),
+                    reason: format!("cannot read token {token}: {e}"),
+                })?;
+            out.extend(
+                row.chunks_exact(2)
+                    .map(|half| f16_to_f32(u16::from_le_bytes([half[0], half[1]]))),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// IEEE 754 binary16 to binary32 (exact: every half value is a float).
+fn f16_to_f32(half: u16) -> f32 {
+    let sign = u32::from(half >> 15) << 31;
+    let exponent = u32::from((half >> 10) & 0x1f);
+    let mantissa = u32::from(half & 0x3ff);
+    let bits = match (exponent, mantissa) {
+        (0, 0) => sign,
+        (0, _) => {
+            // Subnormal: shift the mantissa up until its leading one is the implicit bit.
+            let shift = mantissa.leading_zeros() - 21;
+            let exponent = 127 - 15 + 1 - shift;
+            sign | (exponent << 23) | (((mantissa << shift) & 0x3ff) << 13)
+        }
+        (0x1f, _) => sign | 0x7f80_0000 | (mantissa << 13),
+        _ => sign | ((exponent + 127 - 15) << 23) | (mantissa << 13),
+    };
+    f32::from_bits(bits)
 }
 
 impl std::fmt::Debug for WhisperModel {
@@ -290,6 +381,11 @@ impl WhisperModel {
             cache_inputs: per_layer_names("self", layers),
             cache_outputs: per_layer_names("new", layers),
             cross_names: per_layer_names("cross", layers),
+            tokens: TokenTable::open(
+                model_dir.join("embeddings.f16"),
+                manifest.n_vocab,
+                manifest.n_text_state,
+            )?,
             manifest,
         })
     }
@@ -399,13 +495,14 @@ impl WhisperModel {
                 cache.capacity, cache.len, cache.rows
             )));
         }
-        let tokens = Tensor::from_array(([batch, n], tokens.to_vec()))
-            .map_err(ort_error("decoder tokens"))?;
+        let width = self.manifest.n_text_state;
+        let embeds = Tensor::from_array(([batch, n, width], self.tokens.lookup(tokens)?))
+            .map_err(ort_error("decoder embeddings"))?;
         let offset = Tensor::from_array(([1usize], vec![cache.len as i64]))
             .map_err(ort_error("decoder offset"))?;
         let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> =
             Vec::with_capacity(2 + self.cache_inputs.len() + self.cross_names.len());
-        inputs.push(("tokens".into(), tokens.into()));
+        inputs.push(("embeds".into(), embeds.into()));
         inputs.push(("offset".into(), offset.into()));
         for (name, value) in self.cache_inputs.iter().zip(&cache.layers) {
             inputs.push((name.as_str().into(), value.into()));
@@ -467,5 +564,30 @@ impl WhisperModel {
         }
         cache.len += n;
         Ok(DecoderOutput { logits, cross_qk })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f16_to_f32;
+
+    #[test]
+    fn half_floats_convert_exactly() {
+        // Normal values, both signs, the largest finite one and the smallest normal one.
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert_eq!(f16_to_f32(0x0400), 2f32.powi(-14));
+        // Subnormals: the smallest, the largest, one in between.
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert_eq!(f16_to_f32(0x03ff), 1023.0 * 2f32.powi(-24));
+        assert_eq!(f16_to_f32(0x0200), 2f32.powi(-15));
+        // Zeros, infinities, NaN.
+        assert_eq!(f16_to_f32(0x0000).to_bits(), 0);
+        assert_eq!(f16_to_f32(0x8000).to_bits(), 0x8000_0000);
+        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
+        assert_eq!(f16_to_f32(0xfc00), f32::NEG_INFINITY);
+        assert!(f16_to_f32(0x7e00).is_nan());
     }
 }
