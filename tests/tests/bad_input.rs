@@ -126,7 +126,7 @@ fn a_missing_runtime_library_is_reported_not_panicked() {
 #[test]
 fn a_corrupt_model_file_is_named() {
     let clip = fixture("beckett.wav");
-    let models = default_models_dir();
+    let models = ytcaption_tests::node::models_dir();
     let copy = tempfile::tempdir().unwrap();
     let model = copy.path().join("tiny.en");
     std::fs::create_dir(&model).unwrap();

@@ -17,7 +17,7 @@ use ytcaption_actors::engine::tokenizer::Tokenizer;
 const TOLERANCE: f32 = 2e-3;
 
 fn load() -> (WhisperModel, Tokenizer) {
-    let models = default_models_dir();
+    let models = ytcaption_tests::node::models_dir();
     let dir = models.join("tiny.en");
     let library = find_runtime_library(&models).expect("run `make model`");
     let model = WhisperModel::load(&dir, &library, 1).expect("tiny.en: run `make model`");

@@ -10,10 +10,10 @@
 //! - `embeddings.f16`: the token embedding table, raw little-endian fp16 `[V, D]`. Rows are
 //!   read from the file as tokens need them ([`TokenTable`]), so the table never sits in
 //!   memory (the decoder graph holds only the output projection's copy);
-//! - decoder: `embeds f32 [B, n, D]` (the tokens' rows), `offset i64 [1]`, `self_k_l`, `self_v_l [B, H, C, hd]`,
-//!   `cross_k_l`, `cross_v_l` -> `logits [B, V]` (last position), `new_k_l`, `new_v_l [B, H,
-//!   n, hd]` (the `n` new positions only) and `cross_qk [B, H_align, n, 1500]` (raw attention
-//!   scores of the alignment heads, for word timings).
+//! - decoder: `embeds f32 [B, n, D]` (the tokens' rows), `offset i64 [1]`, `self_k_l`,
+//!   `self_v_l [B, H, C, hd]`, `cross_k_l`, `cross_v_l` -> `logits [B, V]` (last position),
+//!   `new_k_l`, `new_v_l [B, H, n, hd]` (the `n` new positions only) and `cross_qk [B,
+//!   H_align, n, 1500]` (raw attention scores of the alignment heads, for word timings).
 //!
 //! The self-attention cache ([`KvCache`]) is a fixed buffer of `C` positions per layer,
 //! allocated once per decode: the graph reads its first `offset` positions in place and

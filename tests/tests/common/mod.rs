@@ -36,20 +36,6 @@ pub fn single_window_clips() -> Vec<String> {
         })
 }
 
-/// The models directory the binary uses by default (same rules as cluster-config).
-pub fn default_models_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("YTCAPTION_MODELS_DIR") {
-        return dir.into();
-    }
-    if let Some(dir) = std::env::var_os("YTCAPTION_DATA_DIR") {
-        return PathBuf::from(dir).join("models");
-    }
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".local/share"));
-    base.join("ytcaption/models")
-}
-
 pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("YTCAPTION_BIN") {
         return PathBuf::from(path);
