@@ -6,9 +6,12 @@
 //! it ([`decode`]) token by token with the KV cache; [`align`] adds word timings. Memory is
 //! therefore bounded by one window, whatever the length of the file.
 //!
-//! The seek loop is openai-whisper's `transcribe()`: windows start where the last complete
-//! segment ended, previous text conditions the next window, silent windows are skipped by the
-//! no-speech probability, and repetition loops fall back to higher temperatures.
+//! The sequential seek loop (`batch_size` 1) is openai-whisper's `transcribe()`: windows start
+//! where the last complete segment ended, previous text conditions the next window, silent
+//! windows are skipped by the no-speech probability, and repetition loops fall back to higher
+//! temperatures. By default, audio longer than one window is instead cut at quiet points into
+//! 20-30 s windows decoded `batch_size` at a time, each batch conditioned on the text of the
+//! window before it; the rest of the rules are the same.
 
 pub mod align;
 pub mod audio;
@@ -131,6 +134,8 @@ pub struct Progress {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stats {
     pub windows: usize,
+    /// Windows decoded after a prompt (earlier text, or the initial prompt).
+    pub conditioned_windows: usize,
     pub decoded_tokens: usize,
     pub encode_seconds: f64,
     pub decode_seconds: f64,
@@ -491,6 +496,7 @@ impl Engine {
             let sot_sequence = &decoder.sot_sequence;
             let decode_start = Instant::now();
             let prompt = &all_tokens[prompt_reset_since.min(all_tokens.len())..];
+            run.stats.conditioned_windows += usize::from(!prompt.is_empty());
             let result = decoder
                 .decode_with_fallback(&audio, prompt, &[None], &options.fallback, &mut run.rng)?
                 .pop()
@@ -563,8 +569,9 @@ impl Engine {
 
     /// Long audio: cut into windows of 20-30 s at the quietest point, encode each, then decode
     /// `batch_size` windows side by side (the decoder's cost per step is dominated by reading
-    /// its weights, which the batch shares). Windows are independent: no text conditioning
-    /// across them. Returns the number of samples in the file.
+    /// its weights, which the batch shares). The windows of a batch share one prompt: the
+    /// text of the last window before the batch (with `condition_on_previous_text`), so only
+    /// the first has its own predecessor's text. Returns the number of samples in the file.
     fn transcribe_batched(
         &self,
         window: &mut SampleWindow,
@@ -575,6 +582,9 @@ impl Engine {
         let rules = LogitRules::new(&self.model, true);
         let n_mels = self.manifest().n_mels;
         let mut chunk_start = 0usize; // absolute sample index
+                                      // Every window of a batch is conditioned on the text of the last window before the
+                                      // batch (its true predecessor for the first window, one further back for the others).
+        let mut prompt = run.prompt.clone();
         loop {
             // Cut up to batch_size chunks and compute their log-mel while the samples are here.
             let mut chunks: Vec<(usize, usize)> = Vec::new();
@@ -620,12 +630,15 @@ impl Engine {
                 self.model.encode_each(mels)
             })?;
             run.stats.windows += chunks.len();
+            if !prompt.is_empty() {
+                run.stats.conditioned_windows += chunks.len();
+            }
             let (decoder, code) = self.window_decoder(&audio, options, run, &rules)?;
             let sot_sequence = &decoder.sot_sequence;
             let decode_start = Instant::now();
             let results = decoder.decode_with_fallback(
                 &audio,
-                &run.prompt,
+                &prompt,
                 &speech_until,
                 &options.fallback,
                 &mut run.rng,
@@ -677,6 +690,19 @@ impl Engine {
                     let end = (*start + *len) as f64 / SAMPLE_RATE as f64;
                     apply_word_timings(segments, timings, counts, offset, end);
                 }
+            }
+            if let (Some(last), Some(segments)) = (results.last(), per_chunk.last()) {
+                prompt = if options.condition_on_previous_text
+                    && last.temperature <= PROMPT_RESET_TEMPERATURE
+                {
+                    segments
+                        .iter()
+                        .filter(|(segment, _)| has_words(&segment.text))
+                        .flat_map(|(_, tokens)| tokens.iter().copied())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
             }
             for segments in per_chunk {
                 run.segments.extend(

@@ -300,6 +300,21 @@ pub struct AudioContext {
     pub batch: usize,
 }
 
+impl AudioContext {
+    /// The encoder's outputs (`cross_k_0, cross_v_0, ...`, each flattened), for inspection.
+    pub fn values(&self) -> Result<Vec<&[f32]>, EngineError> {
+        self.cross
+            .iter()
+            .map(|value| {
+                value
+                    .try_extract_tensor::<f32>()
+                    .map(|(_, data)| data)
+                    .map_err(ort_error("encoder output"))
+            })
+            .collect()
+    }
+}
+
 /// The decoder's self-attention cache for a batch of sequences (`k_0, v_0, k_1, ...`): per
 /// layer a `[B, H, capacity, hd]` buffer whose first `len` positions are filled.
 #[derive(Debug)]
