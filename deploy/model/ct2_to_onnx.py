@@ -158,7 +158,7 @@ class Graph:
         self.nodes, self.inits, self.count = [], [], 0
         self.fp32_linears = fp32_linears  # for quantize_dynamic, which reads fp32 MatMul weights
         self.int8_rows = int8_rows  # linears quantized here, per activation row (linear_int8_rows)
-        self.quantized_rows = {}  # activation name -> (int8 rows, row scales), see quantize_rows
+        self.quantized_rows = {}  # activation name -> (uint8 rows, row scales), see quantize_rows
         self.store_fp32 = store_fp32  # every float weight fp32 on disk: no fp16 copy at run time
         self.consts = {}
         self.ms_domain = False
@@ -227,7 +227,7 @@ class Graph:
         self.ms_domain = True
         y = self.fresh("mmi2f")
         self.nodes.append(helper.make_node(
-            "MatMulIntegerToFloat", [xq, wq_name, self.f32(1.0), self.f32(s_w.astype(np.float32)),
+            "MatMulIntegerToFloat", [xq, wq_name, self.f32(1.0), self.f32(s_w),
                                      self.const(128, np.uint8)], [y],
             name=self.fresh("MatMulIntegerToFloat"), domain="com.microsoft"))
         b = self.weight(w.get(prefix + "/bias"), prefix + "/bias")

@@ -88,15 +88,18 @@ pkg_dir() {  # directory of an installed python package, without importing it
   "$PY" -c 'import importlib.util, sys; print(importlib.util.find_spec(sys.argv[1]).submodule_search_locations[0])' "$1"
 }
 
-# True when DIR/manifest.json exists, is of the current graph contract (format 4) and converter revision, and every
-# file it lists still has its checksum.
-model_ok() { "$PY" - "$1" <<'EOF' 2>/dev/null
+# The converter's revision (ct2_to_onnx.py REVISION): models of an older one are converted again.
+REVISION="$(sed -n 's/^REVISION = \([0-9][0-9]*\).*/\1/p' "$HERE/ct2_to_onnx.py")"
+[ -n "$REVISION" ] || die "no REVISION in $HERE/ct2_to_onnx.py"
+
+# True when DIR/manifest.json exists, is of the current graph contract (format 4) and
+# converter revision, and every file it lists still has its checksum.
+model_ok() { "$PY" - "$1" "$REVISION" <<'EOF' 2>/dev/null
 import hashlib, json, os, sys
 d = sys.argv[1]
 manifest = json.load(open(os.path.join(d, "manifest.json")))
-# A model converted for an older graph contract, or by an older converter revision (see
-# ct2_to_onnx.py REVISION), is converted again.
-if manifest.get("format") != 4 or manifest.get("revision", 1) < 2:
+# A model converted for an older graph contract, or by an older converter, is converted again.
+if manifest.get("format") != 4 or manifest.get("revision", 1) < int(sys.argv[2]):
     sys.exit(1)
 files = manifest["files"]
 for name, want in files.items():

@@ -19,8 +19,9 @@ const MAX_INITIAL_TIMESTAMP_INDEX: u32 = 50;
 /// thinks it holds speech (no-speech probability below this); noise must be free to end.
 const FORCE_CONTINUE_MAX_NO_SPEECH: f64 = 0.5;
 /// Prompt tokens fed to the decoder per call. Base fp32, batches of two windows after the
-/// previous window's text, 106 s clip: all at once measured 559 MB peak RSS, 32 at a time 520 MB, 16 at a
-/// time 512 MB (16 costs 3% more decoder time than 32; a window without a prompt 506 MB).
+/// previous window's text, 106 s clip: all at once measured 559 MB peak RSS, 32 at a time
+/// 520 MB, 16 at a time 512 MB (16 costs 3% more decoder time than 32; a window without a
+/// prompt 506 MB).
 const PREFILL_TOKENS: usize = 32;
 
 /// Thresholds that decide whether a window is decoded again at a higher temperature.
@@ -318,16 +319,15 @@ impl WindowDecoder<'_> {
             .empty_cache(batch, prefix.len() + rest.len() + sample_len)?;
         // In pieces: a call's intermediates grow with its token count (the cross-attention
         // scores alone are B x H x n x 1500 floats), and the runtime's arena keeps its peak.
-        let mut pieces = prefix.chunks(PREFILL_TOKENS).peekable();
-        let at_sot = loop {
-            let piece = pieces.next().unwrap_or_default();
-            let out = self
-                .model
-                .decode(audio, &mut cache, &repeat(piece), false)?;
-            if pieces.peek().is_none() {
-                break out;
-            }
-        };
+        let mut at_sot = None;
+        for piece in prefix.chunks(PREFILL_TOKENS) {
+            at_sot = Some(
+                self.model
+                    .decode(audio, &mut cache, &repeat(piece), false)?,
+            );
+        }
+        // The prefix always holds <|startoftranscript|>.
+        let at_sot = at_sot.ok_or_else(|| EngineError::Runtime("empty decoder prefix".into()))?;
         let no_speech: Vec<f64> = at_sot
             .logits
             .chunks_exact(vocab)

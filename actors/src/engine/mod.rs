@@ -443,6 +443,12 @@ impl Engine {
         Ok((decoder, code))
     }
 
+    /// Whether a window's text may prompt the next window: conditioning is on and the window
+    /// did not need a high temperature (its text would steer the next one astray).
+    fn conditions_next(result: &WindowResult, options: &TranscribeOptions) -> bool {
+        options.condition_on_previous_text && result.temperature <= PROMPT_RESET_TEMPERATURE
+    }
+
     /// openai-whisper's rule (probably no speech and improbable text), plus: a window the
     /// model is nearly sure holds no speech is skipped even when its text looks probable,
     /// because that text is a hallucination on noise (fluent, repetitive, confident).
@@ -552,9 +558,7 @@ impl Engine {
                     all_tokens.extend(tokens);
                     run.segments.push(segment);
                 }
-                if !options.condition_on_previous_text
-                    || result.temperature > PROMPT_RESET_TEMPERATURE
-                {
+                if !Self::conditions_next(&result, options) {
                     prompt_reset_since = all_tokens.len();
                 }
             }
@@ -692,9 +696,7 @@ impl Engine {
                 }
             }
             if let (Some(last), Some(segments)) = (results.last(), per_chunk.last()) {
-                prompt = if options.condition_on_previous_text
-                    && last.temperature <= PROMPT_RESET_TEMPERATURE
-                {
+                prompt = if Self::conditions_next(last, options) {
                     segments
                         .iter()
                         .filter(|(segment, _)| has_words(&segment.text))
