@@ -371,9 +371,25 @@ async fn cancel(state: &JobManagerState, id: &JobId) -> Result<JobState, JobErro
     if job.cancel_requested {
         return Ok(job);
     }
-    Ok(store
-        .append(id, vec![Event::CancelRequested { at: now_ms() }])
-        .await?)
+    // The fold ignores a cancel that lands once the outcome is settled, even one that raced
+    // the step that settled it: the appended state says whether it took.
+    let job = if job.outcome_settled() {
+        job
+    } else {
+        store
+            .append(id, vec![Event::CancelRequested { at: now_ms() }])
+            .await?
+    };
+    if job.cancel_requested {
+        return Ok(job);
+    }
+    Err(JobError::Conflict(if job.failing.is_some() {
+        "the job has failed and is sending its notifications; it can no longer be cancelled".into()
+    } else {
+        "the job's transcript is stored and it is sending its notifications; it can no longer be \
+         cancelled (delete it once it has finished)"
+            .into()
+    }))
 }
 
 async fn retry(state: &JobManagerState, id: &JobId) -> Result<JobState, JobError> {

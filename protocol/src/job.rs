@@ -627,7 +627,11 @@ impl JobState {
                 self.error = Some(reason.clone());
                 self.finish(*at);
             }
-            Event::CancelRequested { .. } if !terminal => self.cancel_requested = true,
+            // Once the outcome is settled only the notifications remain: a cancel then would
+            // remove the transcript they announce, or tell the receivers a second time.
+            Event::CancelRequested { .. } if !terminal && !self.outcome_settled() => {
+                self.cancel_requested = true;
+            }
             Event::Cancelled { at } if !terminal => {
                 self.stage = Stage::Cancelled;
                 self.finish(*at);
@@ -700,6 +704,12 @@ impl JobState {
 
     pub fn is_terminal(&self) -> bool {
         self.stage.is_terminal() || self.deleted
+    }
+
+    /// Whether the job's outcome is settled (its transcript stored, or a step failed for good)
+    /// and only its notifications remain. A cancel is refused from then on.
+    pub fn outcome_settled(&self) -> bool {
+        self.failing.is_some() || self.outputs.contains_key(&Step::Store)
     }
 
     /// True while a requested notification channel is neither delivered nor given up.
@@ -860,6 +870,43 @@ mod tests {
         assert!(!state.is_terminal());
         assert_eq!(state.attempt(Step::Transcribe), 0);
         assert_eq!(state.events, 7);
+    }
+
+    #[test]
+    fn a_cancel_after_the_outcome_is_settled_changes_nothing() {
+        let mut state = JobState::new(JobId::new(1, 2), spec(), 10);
+        let mut running = state.clone();
+        running.apply(&Event::CancelRequested { at: 11 });
+        assert!(running.cancel_requested, "a running job takes a cancel");
+        let mut stored = state.clone();
+        for (step, output) in [
+            (Step::Download, downloaded()),
+            (
+                Step::Store,
+                StepOutput::Stored {
+                    formats: BTreeMap::new(),
+                },
+            ),
+        ] {
+            stored.apply(&Event::StepSucceeded {
+                step,
+                output,
+                at: 20,
+            });
+        }
+        assert!(stored.outcome_settled());
+        stored.apply(&Event::CancelRequested { at: 30 });
+        assert!(!stored.cancel_requested, "the transcript is stored");
+        state.apply(&Event::StepFailed {
+            step: Step::Download,
+            attempt: 1,
+            reason: Reason::new("media.unsupported", "not audio"),
+            retry_at: None,
+            at: 40,
+        });
+        assert!(state.outcome_settled());
+        state.apply(&Event::CancelRequested { at: 50 });
+        assert!(!state.cancel_requested, "the job is failing");
     }
 
     #[test]

@@ -482,3 +482,79 @@ fn a_cancelled_job_notifies_once_and_a_retry_completes_it() {
     assert_eq!(check_signature(&all[1])["status"], "completed");
     assert_eq!(smtp.messages().len(), 2);
 }
+
+/// Once a job's transcript is stored only its notifications remain, and a cancel (or a delete)
+/// is refused: it would remove the transcript the webhook announces and tell the receiver a
+/// second time. The chaos harness found this as a job that ended `cancelled` after its
+/// webhook had said `completed`.
+#[test]
+fn a_job_sending_its_notifications_can_no_longer_be_cancelled() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use ytcaption_tests::media_server::Reply;
+
+    let smtp = SmtpSink::start();
+    // The receiver answers 503 until released: the job waits in `notifying`, retrying.
+    let busy = Arc::new(AtomicBool::new(true));
+    let media = MediaServer::start_with(&common::fixtures(), {
+        let busy = busy.clone();
+        move |request| {
+            (request.path() == "/sink/held" && busy.load(Ordering::SeqCst))
+                .then(|| Reply::text(503, "busy"))
+        }
+    });
+    let node = NodeProcess::start(&config(smtp.port(), ""));
+    let (status, job) = post(
+        &node,
+        "/v1/jobs",
+        &json!({
+            "url": media.url("/files/weather_festival.wav"),
+            "webhook_url": media.url("/sink/held"),
+        }),
+    );
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while media.hits("/sink/held") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no webhook attempts\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, notifying) = get(&node, &format!("/v1/jobs/{id}"));
+    assert_eq!(notifying["state"], "notifying", "{notifying}");
+
+    let (status, refused) = post(&node, &format!("/v1/jobs/{id}/cancel"), &json!({}));
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused.to_string().contains("sending its notifications"),
+        "{refused}"
+    );
+    let (status, refused) = response(ureq::delete(&node.url(&format!("/v1/jobs/{id}"))).call());
+    assert_eq!(status, 409, "{refused}");
+
+    busy.store(false, Ordering::SeqCst);
+    let done = wait(&node, &id, Duration::from_secs(60));
+    assert_eq!(done["state"], "completed", "{done}\n{}", node.log());
+    assert_eq!(done["cancel_requested"], false, "{done}");
+    let (status, _, text) = text_of(&node, &id, "txt");
+    assert_eq!(status, 200);
+    assert!(
+        common::wer(&common::expected_text("weather_festival"), &text) < 0.15,
+        "{text}"
+    );
+    // Every attempt carried the same delivery, as completed.
+    let attempts = hooks(&media, "/sink/held");
+    let bodies: Vec<Value> = attempts.iter().map(check_signature).collect();
+    assert!(
+        bodies.iter().all(|body| body["status"] == "completed"),
+        "{bodies:?}"
+    );
+    let ids: std::collections::BTreeSet<_> = attempts
+        .iter()
+        .map(|request| request.header(webhook::DELIVERY_HEADER).unwrap_or_default())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+}

@@ -566,7 +566,8 @@ pub async fn delete(app: &App, call: &Call) -> Result<Response, Problem> {
     }
 }
 
-/// `POST /v1/jobs/{id}/cancel`: 202 with the view; 409 for a finished job.
+/// `POST /v1/jobs/{id}/cancel`: 202 with the view; 409 for a finished job, or one whose
+/// outcome is settled and which is only sending its notifications.
 pub async fn cancel(app: &App, call: &Call) -> Result<Response, Problem> {
     let job = visible_job(app, call).await?;
     let state = app.node.cancel(&job.id).await.map_err(job_problem)?;
