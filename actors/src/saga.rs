@@ -461,12 +461,16 @@ async fn turn(
     else {
         return Ok(Turn::Stopped);
     };
+    // Listening from before the check below: a cancel appended in between is not missed.
+    let updates = ctx.hub.subscribe(id);
     // The job may have been cancelled (or handed over) while it waited for a worker.
     if ctx.store.get(id)?.is_some_and(|now| {
         (now.cancel_requested && !state.cancel_requested) || now.is_terminal() || !ctx.owns(&now)
     }) {
         return Ok(Turn::Continue);
     }
+    // This turn runs a cancelled job's own notification, which its cancel must not interrupt.
+    let notifying_cancel = state.cancel_requested;
     let started = now_ms();
     let state = append(
         ctx,
@@ -513,13 +517,11 @@ async fn turn(
         let (actor, metrics) = (lease.actor.clone(), ctx.metrics.clone());
         tokio::spawn(async move { call_worker(&actor, &request, timeout, &metrics).await })
     };
-    // A cancelled job's own notification must not be interrupted by its cancel.
-    let already_cancelled = state.cancel_requested;
     let watch_cancel = async {
-        if already_cancelled {
+        if notifying_cancel {
             std::future::pending::<()>().await;
         }
-        watch_for_cancel(ctx, id).await;
+        watch_for_cancel(ctx, id, updates).await;
     };
     let reply = tokio::select! {
         reply = &mut call => Some(reply.unwrap_or_else(|error| {
@@ -675,9 +677,12 @@ async fn exhausted(
     Ok(Turn::Done)
 }
 
-/// Resolves when the job gets a cancel request.
-async fn watch_for_cancel(ctx: &SagaContext, id: &JobId) {
-    let mut updates = ctx.hub.subscribe(id);
+/// Resolves when `updates` (the job's) bring a cancel request or a terminal state.
+async fn watch_for_cancel(
+    ctx: &SagaContext,
+    id: &JobId,
+    mut updates: tokio::sync::broadcast::Receiver<crate::hub::Update>,
+) {
     loop {
         match updates.recv().await {
             Ok(crate::hub::Update::State(state))
