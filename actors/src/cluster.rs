@@ -1508,7 +1508,9 @@ impl Cluster {
                         if answer == ReplicateAnswer::Stored {
                             // An upload exists nowhere else: hold a copy before saying so.
                             if let Err(error) = self.copy_blobs(&id, true).await {
-                                return PeerAnswer::Replicated(ReplicateAnswer::Failed(error));
+                                return PeerAnswer::Replicated(ReplicateAnswer::Failed(
+                                    error.to_string(),
+                                ));
                             }
                             self.start_if_mine(&id);
                             let cluster = self.clone();
@@ -1541,9 +1543,15 @@ impl Cluster {
         }
     }
 
+    /// The owner's copy of a job's stored transcripts (see [`Cluster::copy_blobs`]), taken
+    /// before the job notifies: the transcripts then outlive the node that stored them.
+    pub async fn hold_stored_blobs(&self, id: &JobId) -> Result<(), BlobCopyError> {
+        self.copy_blobs(id, false).await
+    }
+
     /// With local storage, keeps this node's own copy of a job's blobs: the upload
     /// (`uploads_only`), or the transcripts once stored. S3 needs nothing (shared bucket).
-    async fn copy_blobs(&self, id: &JobId, uploads_only: bool) -> Result<(), String> {
+    async fn copy_blobs(&self, id: &JobId, uploads_only: bool) -> Result<(), BlobCopyError> {
         if !matches!(self.storage, Storage::Local(..)) {
             return Ok(());
         }
@@ -1570,11 +1578,13 @@ impl Cluster {
             match self.storage.ensure_local(&key).await {
                 Ok(true) => copied.push(key),
                 Ok(false) => {
-                    result = Err(format!("no live node holds {key}"));
+                    result = Err(BlobCopyError::Lost(key));
                     break;
                 }
                 Err(error) => {
-                    result = Err(format!("copying {key}: {error}"));
+                    result = Err(BlobCopyError::Unavailable(format!(
+                        "copying {key}: {error}"
+                    )));
                     break;
                 }
             }
@@ -1608,6 +1618,17 @@ impl Cluster {
             }
         }
     }
+}
+
+/// Why a node could not take its own copy of a job's blobs.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobCopyError {
+    /// Every live node answered that it has no such blob: it went with a node that is gone.
+    #[error("no live node holds {0}")]
+    Lost(String),
+    /// A peer that may hold it did not answer (unreachable, timeout, an error).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Runs a forwarded operation through this node's JobManager.

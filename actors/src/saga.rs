@@ -434,6 +434,11 @@ async fn turn(
             }
         },
     };
+    if step == Step::Notify && state.failing.is_none() && !state.cancel_requested {
+        if let Some(turn) = hold_stored_blobs(ctx, &state, cancel).await? {
+            return Ok(turn);
+        }
+    }
     if let Some(at) = state.next_retry_at {
         if !sleep_until(at, cancel).await {
             return Ok(if *cancel.borrow() {
@@ -550,6 +555,43 @@ async fn turn(
         .observe_step(step, reply.result.is_ok(), now_ms().saturating_sub(started));
     record(ctx, id, step, attempt, reply).await?;
     Ok(Turn::Continue)
+}
+
+/// With local storage in a cluster, the owner takes its own copy of the stored transcripts
+/// before the job tells anyone it is done, so they outlive the node that stored them (the
+/// chaos harness lost a completed job's transcript with that node). A transcript no live node
+/// holds any more is stored again (and transcribed again if its input went too); one that
+/// cannot be copied yet is tried again in a second. `None`: go on to the notify step.
+async fn hold_stored_blobs(
+    ctx: &SagaContext,
+    state: &JobState,
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<Option<Turn>, StoreError> {
+    let Some(cluster) = &ctx.cluster else {
+        return Ok(None);
+    };
+    match cluster.hold_stored_blobs(&state.id).await {
+        Ok(()) => Ok(None),
+        Err(crate::cluster::BlobCopyError::Lost(key)) => {
+            tracing::warn!(%key, "a stored transcript went with the node that held it; storing it again");
+            let event = Event::Invalidated {
+                step: Step::Store,
+                at: now_ms(),
+            };
+            append(ctx, &state.id, vec![event]).await?;
+            Ok(Some(Turn::Continue))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot copy the stored transcript yet; retrying");
+            Ok(Some(if sleep_until(now_ms() + 1_000, cancel).await {
+                Turn::Continue
+            } else if *cancel.borrow() {
+                Turn::Stopped
+            } else {
+                Turn::Continue
+            }))
+        }
+    }
 }
 
 /// A step abandoned because its job was cancelled may still write blobs at its worker (media

@@ -124,7 +124,7 @@ fn a_job_submitted_at_one_node_is_transcribed_on_another() {
     let smtp = SmtpSink::start();
     let media = MediaServer::start(&common::fixtures());
     // n1 runs no Transcriber: its jobs must be transcribed on n2.
-    let cluster = TestCluster::start(2, &config(smtp.port()), |i| {
+    let mut cluster = TestCluster::start(2, &config(smtp.port()), |i| {
         if i == 0 {
             vec![(
                 "YTCAPTION_CLUSTER__ROLES".into(),
@@ -135,15 +135,15 @@ fn a_job_submitted_at_one_node_is_transcribed_on_another() {
         }
     });
     cluster.wait_mesh(&[0, 1], Duration::from_secs(20));
-    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
     let id = submit(
-        n1,
+        &cluster.nodes[0],
         &json!({
             "url": media.url("/files/news_espeak.wav"),
             "webhook_url": media.url("/sink/hook"),
             "email": "desk@example.com",
         }),
     );
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
     let done = wait_job(n1, &id, Duration::from_secs(120), terminal);
     assert_eq!(done["state"], "completed", "{done}\n{}", n1.log());
     let placement = &done["placement"];
@@ -151,18 +151,23 @@ fn a_job_submitted_at_one_node_is_transcribed_on_another() {
     assert_eq!(placement["epoch"], 1, "{done}");
     assert_eq!(placement["ran_on"]["download"], "n1", "{done}");
     assert_eq!(placement["ran_on"]["transcribe"], "n2", "{done}");
-    // Any node answers for any job, transcript included (fetched from the node holding it).
+    assert_eq!(placement["ran_on"]["store"], "n2", "{done}");
+    // Any node answers for any job, transcript included.
     let (status, seen_at_n2) = get(n2, &format!("/v1/jobs/{id}"));
     assert_eq!(status, 200);
     assert_eq!(seen_at_n2["state"], "completed");
     let wer = common::wer(&common::expected_text("news_espeak"), &transcript(n2, &id));
     assert!(wer < 0.15, "wer {wer}");
-    let wer = common::wer(&common::expected_text("news_espeak"), &transcript(n1, &id));
-    assert!(wer < 0.15, "wer {wer}");
     notified_once(&media, &smtp, "/sink/hook", &id);
     // A job nobody knows is a 404 everywhere.
     let (status, _) = get(n2, "/v1/jobs/0123456789abcdef01234567");
     assert_eq!(status, 404);
+    // The owner took its own copy of the transcript before notifying: it outlives n2, the
+    // node that stored it (local storage).
+    cluster.nodes[1].kill9();
+    let n1 = &cluster.nodes[0];
+    let wer = common::wer(&common::expected_text("news_espeak"), &transcript(n1, &id));
+    assert!(wer < 0.15, "wer {wer}\n{}", n1.log());
 }
 
 /// Splits media longer than 30 s into chunks of at most about 25 s (one second of overlap):
