@@ -368,12 +368,9 @@ async fn cancel(state: &JobManagerState, id: &JobId) -> Result<JobState, JobErro
             job.stage.as_str()
         )));
     }
-    if job.cancel_requested {
-        return Ok(job);
-    }
     // The fold ignores a cancel that lands once the outcome is settled, even one that raced
     // the step that settled it: the appended state says whether it took.
-    let job = if job.outcome_settled() {
+    let job = if job.cancel_requested || job.outcome_settled() {
         job
     } else {
         store

@@ -373,6 +373,15 @@ async fn append(ctx: &SagaContext, id: &JobId, events: Vec<Event>) -> Result<Job
     ctx.store.append(id, events).await
 }
 
+/// The turn after a wait that shutdown (`cancel`) may have cut short.
+fn after_wait(cancel: &watch::Receiver<bool>) -> Turn {
+    if *cancel.borrow() {
+        Turn::Stopped
+    } else {
+        Turn::Continue
+    }
+}
+
 /// Sleeps until `at_ms`, or until cancel fires (then returns false).
 async fn sleep_until(at_ms: u64, cancel: &mut watch::Receiver<bool>) -> bool {
     let wait = at_ms.saturating_sub(now_ms());
@@ -441,11 +450,7 @@ async fn turn(
     }
     if let Some(at) = state.next_retry_at {
         if !sleep_until(at, cancel).await {
-            return Ok(if *cancel.borrow() {
-                Turn::Stopped
-            } else {
-                Turn::Continue
-            });
+            return Ok(after_wait(cancel));
         }
     }
     let limits = ctx.params.limits(step);
@@ -545,11 +550,7 @@ async fn turn(
     let Some(reply) = reply else {
         // Cancelled or shutting down mid-step. On cancel the next turn compensates; on
         // shutdown the attempt stays open and is closed as lost when the job resumes.
-        return Ok(if *cancel.borrow() {
-            Turn::Stopped
-        } else {
-            Turn::Continue
-        });
+        return Ok(after_wait(cancel));
     };
     ctx.metrics
         .observe_step(step, reply.result.is_ok(), now_ms().saturating_sub(started));
@@ -583,13 +584,8 @@ async fn hold_stored_blobs(
         }
         Err(error) => {
             tracing::warn!(%error, "cannot copy the stored transcript yet; retrying");
-            Ok(Some(if sleep_until(now_ms() + 1_000, cancel).await {
-                Turn::Continue
-            } else if *cancel.borrow() {
-                Turn::Stopped
-            } else {
-                Turn::Continue
-            }))
+            sleep_until(now_ms() + 1_000, cancel).await;
+            Ok(Some(after_wait(cancel)))
         }
     }
 }
